@@ -1,0 +1,1 @@
+"""Checkpoint converters from the original repositories key layouts."""

@@ -1,0 +1,1 @@
+"""Backbones of wsss_zoo (one component per file)."""

@@ -1,0 +1,1 @@
+"""Heads of wsss_zoo (one component per file)."""

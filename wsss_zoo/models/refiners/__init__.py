@@ -1,0 +1,1 @@
+"""Refiners of wsss_zoo (one component per file)."""

@@ -1,0 +1,1 @@
+"""Segmentors of wsss_zoo (one component per file)."""

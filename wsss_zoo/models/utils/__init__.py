@@ -1,0 +1,1 @@
+"""Shared model utilities: attention capture, CAM maths, pos-embed resizing."""

@@ -1,0 +1,1 @@
+"""Tool helpers (launchers, checkpoint loading)."""
