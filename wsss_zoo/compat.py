@@ -30,6 +30,7 @@ Two things are patched, both only when needed and both idempotent:
 import importlib.util
 import sys
 import types
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -147,5 +148,11 @@ def install_checkpoint_safe_globals() -> None:
 
 def apply() -> None:
     """Apply every fix above (called by ``import wsss_zoo``)."""
-    install_mmcv_ops_standin()
+    if install_mmcv_ops_standin():
+        # mmcv.cnn.bricks.transformer warns on every import that the
+        # compiled MultiScaleDeformableAttention is missing; no wsss_zoo
+        # component uses it, so keep the logs readable.
+        warnings.filterwarnings(
+            'ignore', message='Fail to import ``MultiScaleDeformableAttention',
+            category=UserWarning)
     install_checkpoint_safe_globals()
