@@ -1,0 +1,102 @@
+"""Generate pseudo masks (and raw CAMs) with a trained stage-1 model.
+
+    python tools/make_pseudo_labels.py CONFIG CHECKPOINT --out-dir DIR
+        [--save-cams] [--no-tta] [--bg-thresh T] [--skip-existing]
+        [--batch-size N] [--eval] [--cfg-options k=v ...]
+        [--launcher none|pytorch|slurm]
+
+Runs mmengine's test loop (distributed sampler, progress logging, batching
+on the device) over ``pseudo_label_dataloader`` of the config (falls back to
+``test_dataloader``), with the config's CAM TTA model (multi-scale + flip)
+unless ``--no-tta``, and writes ``DIR/<image id>.png`` palette masks through
+:class:`PseudoLabelWriter` (atomic writes). ``--eval`` also reports the
+pseudo-mask mIoU against the dataset's masks.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+try:
+    import wsss_zoo  # noqa: F401
+except ImportError:  # running from a source checkout without install
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+    import wsss_zoo  # noqa: F401
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+from wsss_zoo.utils.data_check import check_data_roots
+from wsss_zoo.utils.launch import prepare_launcher
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Make pseudo labels')
+    parser.add_argument('config', help='stage-1 (CAMSegmentor) config')
+    parser.add_argument('checkpoint', help='trained checkpoint')
+    parser.add_argument('--out-dir', required=True, help='mask folder')
+    parser.add_argument('--save-cams', action='store_true',
+                        help='also save normalised and raw CAMs (.npz)')
+    parser.add_argument('--no-tta', action='store_true',
+                        help='single scale, no flip')
+    parser.add_argument('--bg-thresh', type=float, default=None,
+                        help='background threshold (default: config)')
+    parser.add_argument('--skip-existing', action='store_true',
+                        help='keep masks that already exist (resume)')
+    parser.add_argument('--batch-size', type=int, default=None)
+    parser.add_argument('--eval', action='store_true',
+                        help='report mIoU of the pseudo masks vs. GT masks')
+    parser.add_argument('--work-dir', default=None)
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
+                        default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_cfg(args):
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.work_dir = args.work_dir or osp.join(args.out_dir, '.work_dir')
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(
+            f'checkpoint not found: {osp.abspath(args.checkpoint)}')
+    cfg.load_from = args.checkpoint
+    if 'pseudo_label_dataloader' in cfg:
+        cfg.test_dataloader = cfg.pseudo_label_dataloader
+    if args.batch_size:
+        cfg.test_dataloader.batch_size = args.batch_size
+    if args.bg_thresh is not None:
+        cfg.model.setdefault('test_cfg', {})['bg_thresh'] = args.bg_thresh
+    if args.save_cams:
+        cfg.model.setdefault('test_cfg', {})['keep_raw_cams'] = True
+    if not args.no_tta and 'tta_model' in cfg and 'tta_pipeline' in cfg:
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    evaluators = [
+        dict(type='PseudoLabelWriter', out_dir=args.out_dir,
+             save_cams=args.save_cams, overwrite=not args.skip_existing)
+    ]
+    if args.eval:
+        evaluators.append(dict(type='IoUMetric', iou_metrics=['mIoU']))
+    cfg.test_evaluator = evaluators
+    cfg.default_hooks.pop('visualization', None)
+    check_data_roots(cfg, ('test_dataloader', ))
+    prepare_launcher(cfg, args.launcher)
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = build_cfg(args)
+    runner = Runner.from_cfg(cfg)
+    return runner.test()
+
+
+if __name__ == '__main__':
+    main()
