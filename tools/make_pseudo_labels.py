@@ -27,7 +27,8 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from wsss_zoo.utils.data_check import check_data_roots
-from wsss_zoo.utils.launch import prepare_launcher
+from wsss_zoo.utils.launch import dump_metrics, prepare_launcher
+
 
 
 def parse_args(argv=None):
@@ -95,7 +96,9 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_cfg(args)
     runner = Runner.from_cfg(cfg)
-    return runner.test()
+    metrics = runner.test()
+    dump_metrics(metrics, cfg.work_dir)
+    return metrics
 
 
 if __name__ == '__main__':

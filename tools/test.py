@@ -7,6 +7,7 @@
 ``--out DIR`` writes one PNG mask per image (for a CAMSegmentor these are
 the pseudo labels). ``--tta`` swaps in the config's ``tta_pipeline`` and
 ``tta_model`` (for CAM models: multi-scale + flip CAM aggregation).
+The metrics are also written to ``<work_dir>/test_metrics.json``.
 Checkpoints are loaded with ``weights_only=True``.
 """
 import argparse
@@ -24,7 +25,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from wsss_zoo.utils.data_check import check_data_roots
-from wsss_zoo.utils.launch import prepare_launcher
+from wsss_zoo.utils.launch import dump_metrics, prepare_launcher
 
 
 def parse_args(argv=None):
@@ -115,6 +116,7 @@ def main(argv=None):
     cfg = build_cfg(args)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
+    dump_metrics(metrics, cfg.work_dir)
     return metrics
 
 

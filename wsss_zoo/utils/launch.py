@@ -7,8 +7,10 @@ present we initialise the process group ourselves with gloo (the Runner then
 skips its own ``init_dist``), let DDP wrap CPU modules (``device_ids=None``)
 and replace ``SyncBN`` (GPU-only) by ``BN`` with a warning.
 """
+import json
 import logging
 import os
+import os.path as osp
 
 import torch
 import torch.distributed as dist
@@ -78,3 +80,19 @@ def prepare_launcher(cfg, launcher: str) -> None:
         print_log(
             'SyncBN only runs on GPU; using BN on CPU for: ' +
             ', '.join(changed), logger='current', level=logging.WARNING)
+
+
+def dump_metrics(metrics: dict, work_dir: str) -> None:
+    """Write test metrics to ``<work_dir>/test_metrics.json`` (rank 0)."""
+    from mmengine.dist import is_main_process
+    if not is_main_process():
+        return
+    os.makedirs(work_dir, exist_ok=True)
+    plain = {}
+    for key, value in metrics.items():
+        try:
+            plain[key] = float(value)
+        except (TypeError, ValueError):
+            plain[key] = str(value)
+    with open(osp.join(work_dir, 'test_metrics.json'), 'w') as f:
+        json.dump(plain, f, indent=2)
