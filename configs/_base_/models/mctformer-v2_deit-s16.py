@@ -1,0 +1,41 @@
+# MCTformer-V2 on DeiT-S/16 (xulianuwa/MCTformer, CVPR 2022 / TPAMI).
+# Pretrained DeiT-S weights are a LOCAL file (no download): e.g.
+#   checkpoints/deit_small_patch16_224-cd65a155.pth (timm/DeiT release);
+# init repeats its class token num_classes times, as the original main.py.
+num_classes = 20
+data_preprocessor = dict(
+    type='SegDataPreProcessor',
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    bgr_to_rgb=True,
+    pad_val=0,
+    seg_pad_val=255,
+    size=(224, 224))
+model = dict(
+    type='CAMSegmentor',
+    data_preprocessor=data_preprocessor,
+    backbone=dict(
+        type='MCTformerV2',
+        img_size=224,
+        patch_size=16,
+        embed_dims=384,
+        num_layers=12,
+        num_heads=6,
+        mlp_ratio=4,
+        qkv_bias=True,
+        num_classes=num_classes,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.1,
+        pretrained=None),
+    cam_head=dict(
+        type='MCTHead',
+        num_classes=num_classes,
+        in_channels=384,
+        version='v2',
+        cam_mode='fused',  # run.sh: --attention-type fused
+        cam_layers=3),  # run.sh: --layer-index 3
+    refiners=[dict(type='PatchAffinityRefiner')],  # --patch-attn-refine
+    background_index=0,
+    test_cfg=dict(bg_thresh=0.4, label_source='gt'))
+tta_model = dict(type='CAMTTAModel')  # tools/test.py --tta: MS+flip CAMs
