@@ -78,5 +78,6 @@ val_dataloader = _loader('val2014', test_pipeline, 1, False)
 test_dataloader = val_dataloader
 pseudo_label_dataloader = _loader('train2014', test_pipeline, 1, False)
 val_evaluator = dict(
-    type='CAMThresholdSweepMetric', thresholds=[i / 100 for i in range(60)])
+    type='CAMThresholdSweepMetric', thresholds=[i / 100 for i in range(60)],
+    greedy=True)
 test_evaluator = val_evaluator

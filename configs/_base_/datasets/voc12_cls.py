@@ -86,5 +86,6 @@ pseudo_label_dataloader = dict(
         pipeline=test_pipeline))
 # MCTformer evaluation.py --curve: t = 0.00 .. 0.59 step 0.01, best t
 val_evaluator = dict(
-    type='CAMThresholdSweepMetric', thresholds=[i / 100 for i in range(60)])
+    type='CAMThresholdSweepMetric', thresholds=[i / 100 for i in range(60)],
+    greedy=True)
 test_evaluator = val_evaluator
