@@ -1,1 +1,3 @@
 """Backbones of wsss_zoo (one component per file)."""
+from .mct_vit import MCTformerV1, MCTformerV2  # noqa: F401
+from .mct_plus_vit import MCTformerPlus  # noqa: F401

@@ -1,1 +1,2 @@
 """Refiners of wsss_zoo (one component per file)."""
+from .patch_affinity import PatchAffinityRefiner  # noqa: F401

@@ -1,0 +1,145 @@
+"""timm transformer blocks whose attention map can be captured per layer.
+
+CAM methods (MCTformer, TS-CAM, WeakTr) read the post-softmax attention of
+some layers. Materialising a (B, heads, N, N) map in every layer on every
+step is what the original research code does; here a layer runs the fused
+``F.scaled_dot_product_attention`` unless its ``capture`` flag is on, and only
+then builds the explicit softmax map and keeps it in ``attn_map``.
+
+Parameter names are timm's (``norm1``, ``attn.qkv``, ``attn.proj``,
+``norm2``, ``mlp.fc1``, ``mlp.fc2``), i.e. those of DeiT / the original
+MCTformer and TS-CAM ViTs, so their checkpoints map 1:1.
+"""
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from timm.models.vision_transformer import Attention, Block
+from torch import Tensor
+
+
+class CaptureAttention(Attention):
+    """timm ``Attention`` with a per-instance capture switch.
+
+    ``capture = False`` (default): fused SDPA (or timm's explicit path when
+    fused attention is disabled globally), nothing kept.
+    ``capture = True``: explicit ``softmax(q k^T * scale)``; the map before
+    attention dropout is kept in ``attn_map``, (B, heads, N, N), as the
+    original ViTs of MCTformer / TS-CAM return it.
+
+    Args: as timm's ``Attention`` (``dim``, ``num_heads``, ``qkv_bias``,
+        ``attn_drop``, ``proj_drop``, ...).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # sets fused_attn (timm default)
+        self.capture = False
+        self.attn_map: Optional[Tensor] = None
+
+    def forward(self,
+                x: Tensor,
+                attn_mask: Optional[Tensor] = None,
+                is_causal: bool = False) -> Tensor:
+        """x (Tensor): tokens, (B, N, D). Returns: Tensor, (B, N, D)."""
+        if not self.capture:
+            self.attn_map = None
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        if (attn_mask is not None or is_causal
+                or getattr(self, 'gate', None) is not None):
+            raise NotImplementedError(
+                'CaptureAttention: capture supports plain self-attention only '
+                '(no attn_mask, is_causal or gated attention)')
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        # (q k^T) * scale, in the order of the original MCTformer / TS-CAM
+        # ViTs (timm scales q first; the two agree to float rounding).
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        self.attn_map = attn  # (B, heads, N, N), post-softmax, pre-dropout
+        x = self.attn_drop(attn) @ v
+        x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
+        x = self.proj(self.norm(x))
+        return self.proj_drop(x)
+
+
+class CaptureBlock(Block):
+    """timm pre-norm ``Block`` built on :class:`CaptureAttention`.
+
+    ``x + drop_path(attn(norm1(x)))`` then ``x + drop_path(mlp(norm2(x)))``
+    (exact GELU), as timm's / DeiT's block. Args: as timm's ``Block``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('attn_layer', CaptureAttention)
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.attn, CaptureAttention):
+            raise TypeError('CaptureBlock needs a CaptureAttention '
+                            f'attn_layer, got {type(self.attn).__name__}')
+
+
+def normalize_layer_indices(layers: Optional[Iterable[int]],
+                            num_layers: int) -> List[int]:
+    """Sorted unique non-negative layer indices; negatives count from the end.
+
+    Raises:
+        ValueError: an index outside ``[-num_layers, num_layers)``.
+    """
+    if layers is None:
+        return []
+    out = set()
+    for idx in layers:
+        if not isinstance(idx, int) or isinstance(idx, bool):
+            raise TypeError(f'layer indices must be int, got {idx!r}')
+        if not -num_layers <= idx < num_layers:
+            raise ValueError(
+                f'layer index {idx} out of range for {num_layers} layers: '
+                f'use 0..{num_layers - 1} or -{num_layers}..-1')
+        out.add(idx % num_layers)
+    return sorted(out)
+
+
+def run_blocks(blocks: Sequence[CaptureBlock],
+               x: Tensor,
+               capture_layers: Optional[Iterable[int]] = None,
+               per_block_hook=None) -> Tuple[Tensor, Dict[int, Tensor]]:
+    """Run ``blocks`` on tokens ``x``, capturing only the listed layers.
+
+    Args:
+        blocks (Sequence[CaptureBlock]): the transformer layers.
+        x (Tensor): tokens, (B, N, D).
+        capture_layers (Iterable[int], optional): layers whose attention map
+            is kept (negative indices allowed). None: none (all fused).
+        per_block_hook (callable, optional): ``hook(i, x)`` called with the
+            output tokens of every block.
+
+    Returns:
+        tuple: tokens (B, N, D) after the last block and a dict
+        ``{layer index: (B, heads, N, N) post-softmax map}``.
+    """
+    wanted = set(normalize_layer_indices(capture_layers, len(blocks)))
+    attn = {}
+    try:
+        for i, blk in enumerate(blocks):
+            blk.attn.capture = i in wanted
+            x = blk(x)
+            if i in wanted:
+                attn[i] = blk.attn.attn_map
+            blk.attn.capture = False
+            blk.attn.attn_map = None
+            if per_block_hook is not None:
+                per_block_hook(i, x)
+    finally:
+        for blk in blocks:
+            blk.attn.capture = False
+            blk.attn.attn_map = None
+    return x, attn
+
+
+def head_mean(attn: Tensor) -> Tensor:
+    """Average a (B, heads, N, N) map over heads -> (B, N, N)."""
+    return attn.mean(dim=1)
+
+
+__all__ = [
+    'CaptureAttention', 'CaptureBlock', 'normalize_layer_indices',
+    'run_blocks', 'head_mean'
+]
