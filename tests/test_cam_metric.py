@@ -190,3 +190,18 @@ def test_defaults_and_errors():
     bad = _sample(torch.rand(3, 2, 2), torch.tensor([[0, 1], [3, 255]]))
     with pytest.raises(ValueError, match=r'\[3\]'):
         metric.process({}, [bad])
+
+
+def test_uniform_cam_reference():
+    # hand example: valid pixels gt = [0 0 0 1 1 2]; first present fg = 1.
+    # all background: IoU bg 3/6, A 0, B 0 -> 16.67
+    # all class A:    IoU bg 0, A 2/6, B 0 -> 11.11  => reference 16.67
+    res = _run(_metric(thresholds=[.7, .1]), _hand_example())
+    assert res['uniform_mIoU'] == 16.67
+    # an image mostly covered by its first class: filling wins
+    scores = torch.zeros(3, 1, 4)
+    gt = torch.tensor([[1, 1, 1, 0]])
+    res = _run(_metric(thresholds=[.5]), [_sample(scores, gt)])
+    # fill A: bg 0/1, A 3/4, B nan -> mean(0, .75) = 37.5; all bg: 1/4 / 2
+    assert res['uniform_mIoU'] == 37.5
+    assert res['mIoU'] == 12.5  # the all-zero CAM is all background

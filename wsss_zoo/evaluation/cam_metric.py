@@ -50,7 +50,10 @@ class CAMThresholdSweepMetric(BaseMetric):
     ``(P - TP) / union`` and ``(T - TP) / union`` averaged over classes,
     percent), ``fg_precision`` / ``fg_recall`` (pixels of foreground classes
     labelled with the right class, over predicted / true foreground pixels,
-    percent) and, with ``return_all``, ``mIoU@<t>`` per threshold. The log
+    percent), ``uniform_mIoU`` (the reference a CAM must beat: the best
+    mIoU of a CAM that is constant over the image for every class the image
+    has, i.e. every pixel background, or every pixel its first labelled
+    class) and, with ``return_all``, ``mIoU@<t>`` per threshold. The log
     shows mIoU per threshold (best marked) and per-class results at the best.
 
     Args:
@@ -169,9 +172,20 @@ class CAMThresholdSweepMetric(BaseMetric):
             area_label = torch.bincount(
                 torch.where(valid, label, K).flatten(),
                 minlength=K + 1)[:K]
+            # uniform-CAM reference: every valid pixel gets the first class
+            # present in the ground truth (background if there is none)
+            present = area_label.clone()
+            present[bg] = 0
+            first = int(present.nonzero()[0]) if present.any() else bg
+            fill_pred = torch.zeros_like(area_label)
+            fill_pred[first] = valid.sum()
+            fill_hit = torch.zeros_like(area_label)
+            fill_hit[first] = area_label[first]
             self.results.append((pred_hist.cpu().numpy(),
                                  hit_hist.cpu().numpy(),
-                                 area_label.cpu().numpy()))
+                                 area_label.cpu().numpy(),
+                                 fill_pred.cpu().numpy(),
+                                 fill_hit.cpu().numpy()))
 
     def _areas(self, results: list):
         """Summed histograms -> (T, K) intersection / prediction areas and
@@ -234,17 +248,42 @@ class CAMThresholdSweepMetric(BaseMetric):
                   f'\n{class_table.get_string()}', logger)
 
         fg = np.arange(len(label)) != self.background_index
+        uniform = self._uniform_miou(results, label)
+        print_log(f'uniform-CAM reference mIoU: {uniform:.2f} (CAM mIoU '
+                  f'{mious[best]:.2f})', logger)
         metrics = OrderedDict(
             mIoU=mious[best],
             best_thr=t_best,
             mFP=float(np.round(np.nanmean(fp) * 100, 2)),
             mFN=float(np.round(np.nanmean(fn) * 100, 2)),
             fg_precision=self._percent(i_[fg].sum(), p_[fg].sum()),
-            fg_recall=self._percent(i_[fg].sum(), label[fg].sum()))
+            fg_recall=self._percent(i_[fg].sum(), label[fg].sum()),
+            uniform_mIoU=uniform)
         if self.return_all:
             for t, miou in zip(self.thresholds, mious):
                 metrics[f'mIoU@{t:.3g}'] = miou
         return metrics
+
+    def _uniform_miou(self, results: list, label: np.ndarray) -> float:
+        """Best mIoU (percent) of the two uniform-CAM predictions: all
+        background, or every pixel the image's first labelled class."""
+        bg = self.background_index
+        total = label.sum()
+
+        def miou(inter, pred):
+            ret = IoUMetric.total_area_to_metrics(
+                *(torch.from_numpy(np.asarray(a, np.float64))
+                  for a in (inter, pred + label - inter, pred, label)),
+                ['mIoU'])
+            return float(np.round(np.nanmean(ret['IoU']) * 100, 2))
+
+        all_bg_pred = np.zeros_like(label)
+        all_bg_pred[bg] = total
+        all_bg_inter = np.zeros_like(label)
+        all_bg_inter[bg] = label[bg]
+        fill_pred = np.sum([r[3] for r in results], axis=0)
+        fill_hit = np.sum([r[4] for r in results], axis=0)
+        return max(miou(all_bg_inter, all_bg_pred), miou(fill_hit, fill_pred))
 
     def _pick(self, mious: List[float]) -> int:
         """Index of the chosen threshold (first one on equal mIoU)."""
