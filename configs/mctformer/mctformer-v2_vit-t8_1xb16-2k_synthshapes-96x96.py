@@ -8,7 +8,7 @@ _base_ = [
 ]
 num_classes = 5
 model = dict(
-    data_preprocessor=dict(size=(96, 96)),
+    data_preprocessor=dict(size=(96, 96), test_cfg=dict(size_divisor=8)),
     backbone=dict(
         img_size=96, patch_size=8, embed_dims=128, num_layers=4,
         num_heads=4, num_classes=num_classes, drop_path_rate=0.0),

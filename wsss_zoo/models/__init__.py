@@ -1,2 +1,3 @@
 """Models: every import below registers components into mmseg's MODELS."""
-from . import backbones, heads, refiners, segmentors  # noqa: F401
+from . import (backbones, data_preprocessor, heads, refiners,  # noqa: F401
+               segmentors)

@@ -74,9 +74,9 @@ def _loader(split, pipeline, batch_size, shuffle):
 
 
 train_dataloader = _loader('train2014', train_pipeline, 64, True)
-val_dataloader = _loader('val2014', test_pipeline, 1, False)
+val_dataloader = _loader('val2014', test_pipeline, 8, False)
 test_dataloader = val_dataloader
-pseudo_label_dataloader = _loader('train2014', test_pipeline, 1, False)
+pseudo_label_dataloader = _loader('train2014', test_pipeline, 8, False)
 val_evaluator = dict(
     type='CAMThresholdSweepMetric', thresholds=[i / 100 for i in range(60)],
     greedy=True)

@@ -4,13 +4,17 @@
 # init repeats its class token num_classes times, as the original main.py.
 num_classes = 20
 data_preprocessor = dict(
-    type='SegDataPreProcessor',
+    type='CAMDataPreProcessor',  # test batches may mix image sizes
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True,
     pad_val=0,
     seg_pad_val=255,
-    size=(224, 224))
+    size=(224, 224),
+    # test batches of different-size images are padded to a multiple of 16;
+    # CAMSegmentor removes the padding again (CAMs equal one-by-one runs);
+    # synthetic configs override size_divisor with their patch size
+    test_cfg=dict(size_divisor=16))
 model = dict(
     type='CAMSegmentor',
     data_preprocessor=data_preprocessor,

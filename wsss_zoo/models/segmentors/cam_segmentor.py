@@ -15,6 +15,12 @@ from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig, SampleList
 _LABEL_SOURCES = ('gt', 'pred', 'none')
 
 
+def _padding(img_meta: dict) -> List[int]:
+    """(left, right, top, bottom) test-time padding of one sample."""
+    pad = img_meta.get('img_padding_size', img_meta.get('padding_size'))
+    return [int(p) for p in pad] if pad is not None else [0, 0, 0, 0]
+
+
 @MODELS.register_module()
 class CAMSegmentor(BaseSegmentor):
     """Weakly-supervised segmentor: image-level labels in, CAM masks out.
@@ -172,16 +178,41 @@ class CAMSegmentor(BaseSegmentor):
                 data_samples: OptConfigType = None) -> SampleList:
         """CAM masks for a batch of images.
 
+        Test-time padding (the data preprocessor's ``test_cfg`` pads images
+        of different sizes to one batch) is removed before the model runs:
+        images are grouped by their un-padded size and each group runs on
+        its un-padded pixels, so a batch gives the CAMs of one-by-one runs,
+        as the original per-image CAM code does.
+
         Args:
-            inputs (Tensor): images, (B, 3, H, W), all of one size.
-            data_samples (list[SegDataSample], optional): metainfo and, for
-                ``label_source='gt'``, ``gt_img_label``.
+            inputs (Tensor): images, (B, 3, H, W), padded to one size.
+            data_samples (list[SegDataSample], optional): metainfo (with the
+                padding) and, for ``label_source='gt'``, ``gt_img_label``.
 
         Returns:
             list[SegDataSample]: with ``seg_logits``, ``pred_sem_seg`` (and
             ``cam_raw``, ``cam_logits`` if ``keep_raw_cams``).
         """
-        cams, logits = self.raw_cams(inputs)
+        pads = [_padding(s.metainfo) for s in data_samples or []]
+        if not any(any(p) for p in pads):
+            cams, logits = self.raw_cams(inputs)
+            return self.postprocess_result(cams, data_samples, logits)
+        H, W = inputs.shape[-2:]
+        groups: Dict[tuple, List[int]] = {}
+        for i, pad in enumerate(pads):
+            groups.setdefault(tuple(pad), []).append(i)
+        cams = logits = None
+        for (left, right, top, bottom), idx in groups.items():
+            sub = inputs[idx, :, top:H - bottom, left:W - right]
+            sub_cams, sub_logits = self.raw_cams(sub)
+            if cams is None:
+                cams = sub_cams.new_zeros(
+                    (len(inputs), sub_cams.shape[1], H, W))
+                logits = sub_logits.new_zeros(
+                    (len(inputs), ) + sub_logits.shape[1:])
+            # back into the padded layout that postprocess_result crops
+            cams[idx, :, top:H - bottom, left:W - right] = sub_cams
+            logits[idx] = sub_logits
         return self.postprocess_result(cams, data_samples, logits)
 
     def _allowed_classes(self, data_sample, logits: Optional[Tensor],
@@ -224,9 +255,7 @@ class CAMSegmentor(BaseSegmentor):
     def undo_geometry(self, cams: Tensor, img_meta: dict) -> Tensor:
         """Crop padding, un-flip and resize one sample's CAMs, (C, H, W)."""
         _, H, W = cams.shape
-        pad = img_meta.get('img_padding_size',
-                           img_meta.get('padding_size', [0] * 4))
-        left, right, top, bottom = pad
+        left, right, top, bottom = _padding(img_meta)
         cams = cams[:, top:H - bottom, left:W - right]
         if img_meta.get('flip', False):
             dim = 2 if img_meta.get('flip_direction',
