@@ -24,6 +24,7 @@ except ImportError:  # running from a source checkout without install
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from wsss_zoo.utils.config import merge_cfg_options
 from wsss_zoo.utils.data_check import check_data_roots
 from wsss_zoo.utils.launch import dump_metrics, prepare_launcher
 
@@ -67,7 +68,7 @@ def _evaluators(cfg):
 def build_cfg(args):
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        merge_cfg_options(cfg, args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:

@@ -25,6 +25,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from mmseg.registry import RUNNERS
+from wsss_zoo.utils.config import merge_cfg_options
 from wsss_zoo.utils.data_check import check_data_roots
 from wsss_zoo.utils.launch import prepare_launcher
 
@@ -55,7 +56,7 @@ def parse_args(argv=None):
 def build_cfg(args):
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        merge_cfg_options(cfg, args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
