@@ -1,16 +1,30 @@
 """Generate pseudo masks (and raw CAMs) with a trained stage-1 model.
 
     python tools/make_pseudo_labels.py CONFIG CHECKPOINT --out-dir DIR
-        [--save-cams] [--no-tta] [--bg-thresh T] [--skip-existing]
+        [--save-cams] [--no-tta] [--bg-thresh T] [--overwrite]
         [--batch-size N] [--eval] [--cfg-options k=v ...]
         [--launcher none|pytorch|slurm]
 
-Runs mmengine's test loop (distributed sampler, progress logging, batching
-on the device) over ``pseudo_label_dataloader`` of the config (falls back to
-``test_dataloader``), with the config's CAM TTA model (multi-scale + flip)
-unless ``--no-tta``, and writes ``DIR/<image id>.png`` palette masks through
-:class:`PseudoLabelWriter` (atomic writes). ``--eval`` also reports the
-pseudo-mask mIoU against the dataset's masks.
+Runs mmengine's test loop over ``pseudo_label_dataloader`` of the config
+(falls back to ``test_dataloader``), with the config's CAM TTA model
+(multi-scale + flip) unless ``--no-tta``, and writes ``DIR/<image id>.png``
+palette masks (and ``DIR/cams/<image id>.npz`` with ``--save-cams``).
+
+Scale and failures:
+
+- ``--launcher pytorch|slurm`` (torchrun / srun, GPU or CPU) shards the
+  images over the processes with :class:`PseudoLabelSampler`: each image is
+  done by exactly one rank, the union equals a 1-process run.
+- Every file is written atomically (temporary name + rename), so a killed
+  run leaves only complete files. A rerun skips images whose outputs all
+  exist (the default; ``--skip-existing`` is accepted and means the same),
+  ``--overwrite`` redoes every image.
+- ``--eval`` scores the mask files on disk (all of them, also those kept
+  from an earlier run) against the dataset's masks, on rank 0; the metrics
+  go to ``<work_dir>/test_metrics.json`` (default work dir:
+  ``DIR/.work_dir``).
+- The checkpoint is loaded with ``weights_only=True`` and strictly: a
+  checkpoint of another model / class count stops with the mismatching keys.
 """
 import argparse
 import os
@@ -24,11 +38,14 @@ except ImportError:  # running from a source checkout without install
     import wsss_zoo  # noqa: F401
 
 from mmengine.config import Config, DictAction
+from mmengine.dist import is_main_process
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 
+from wsss_zoo.evaluation.pseudo_label_writer import evaluate_pseudo_labels
 from wsss_zoo.utils.data_check import check_data_roots
-from wsss_zoo.utils.launch import dump_metrics, prepare_launcher
-
+from wsss_zoo.utils.launch import (dump_metrics, explain_registry_errors,
+                                   load_checkpoint_strict, prepare_launcher)
 
 
 def parse_args(argv=None):
@@ -42,8 +59,11 @@ def parse_args(argv=None):
                         help='single scale, no flip')
     parser.add_argument('--bg-thresh', type=float, default=None,
                         help='background threshold (default: config)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='redo images whose outputs already exist')
     parser.add_argument('--skip-existing', action='store_true',
-                        help='keep masks that already exist (resume)')
+                        help='keep complete outputs (the default; kept for '
+                        'old scripts)')
     parser.add_argument('--batch-size', type=int, default=None)
     parser.add_argument('--eval', action='store_true',
                         help='report mIoU of the pseudo masks vs. GT masks')
@@ -53,6 +73,8 @@ def parse_args(argv=None):
                         default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    if args.overwrite and args.skip_existing:
+        parser.error('--overwrite and --skip-existing contradict each other')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -66,7 +88,7 @@ def build_cfg(args):
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(
             f'checkpoint not found: {osp.abspath(args.checkpoint)}')
-    cfg.load_from = args.checkpoint
+    cfg.load_from = None  # loaded strictly in main()
     if 'pseudo_label_dataloader' in cfg:
         cfg.test_dataloader = cfg.pseudo_label_dataloader
     if args.batch_size:
@@ -79,13 +101,13 @@ def build_cfg(args):
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
-    evaluators = [
-        dict(type='PseudoLabelWriter', out_dir=args.out_dir,
-             save_cams=args.save_cams, overwrite=not args.skip_existing)
-    ]
-    if args.eval:
-        evaluators.append(dict(type='IoUMetric', iou_metrics=['mIoU']))
-    cfg.test_evaluator = evaluators
+    # each pending image exactly once over all ranks (no padding)
+    cfg.test_dataloader.sampler = dict(
+        type='PseudoLabelSampler', out_dir=args.out_dir,
+        save_cams=args.save_cams, overwrite=args.overwrite)
+    cfg.test_evaluator = dict(
+        type='PseudoLabelWriter', out_dir=args.out_dir,
+        save_cams=args.save_cams, overwrite=args.overwrite)
     cfg.default_hooks.pop('visualization', None)
     check_data_roots(cfg, ('test_dataloader', ))
     prepare_launcher(cfg, args.launcher)
@@ -94,9 +116,17 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = build_cfg(args)
-    runner = Runner.from_cfg(cfg)
-    metrics = runner.test()
+    with explain_registry_errors():
+        cfg = build_cfg(args)
+        runner = Runner.from_cfg(cfg)
+        load_checkpoint_strict(runner, args.checkpoint, args.config)
+        metrics = runner.test()
+        if args.eval and is_main_process():
+            dataset = runner.test_loop.dataloader.dataset
+            scores = evaluate_pseudo_labels(args.out_dir, dataset)
+            print_log(f'pseudo-label scores ({args.out_dir}): {scores}',
+                      logger='current')
+            metrics.update(scores)
     dump_metrics(metrics, cfg.work_dir)
     return metrics
 

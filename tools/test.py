@@ -8,7 +8,9 @@
 the pseudo labels). ``--tta`` swaps in the config's ``tta_pipeline`` and
 ``tta_model`` (for CAM models: multi-scale + flip CAM aggregation).
 The metrics are also written to ``<work_dir>/test_metrics.json``.
-Checkpoints are loaded with ``weights_only=True``.
+Checkpoints are loaded with ``weights_only=True`` and strictly (a checkpoint
+of another model or class count stops with the mismatching keys); a
+misspelt ``type=`` lists the close registered names.
 """
 import argparse
 import os
@@ -26,7 +28,8 @@ from mmengine.runner import Runner
 
 from wsss_zoo.utils.config import merge_cfg_options
 from wsss_zoo.utils.data_check import check_data_roots
-from wsss_zoo.utils.launch import dump_metrics, prepare_launcher
+from wsss_zoo.utils.launch import (dump_metrics, explain_registry_errors,
+                                   load_checkpoint_strict, prepare_launcher)
 
 
 def parse_args(argv=None):
@@ -77,7 +80,7 @@ def build_cfg(args):
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: '
                                 f'{osp.abspath(args.checkpoint)}')
-    cfg.load_from = args.checkpoint
+    cfg.load_from = None  # loaded strictly in main()
 
     if args.show or args.show_dir:
         hooks = cfg.default_hooks
@@ -114,9 +117,11 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = build_cfg(args)
-    runner = Runner.from_cfg(cfg)
-    metrics = runner.test()
+    with explain_registry_errors():
+        cfg = build_cfg(args)
+        runner = Runner.from_cfg(cfg)
+        load_checkpoint_strict(runner, args.checkpoint, args.config)
+        metrics = runner.test()
     dump_metrics(metrics, cfg.work_dir)
     return metrics
 

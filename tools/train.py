@@ -5,8 +5,10 @@
 
 Differences from mmseg's script: ``wsss_zoo`` is imported first (mmcv-lite
 stand-ins, torch >= 2.6 checkpoint allow-list), a missing dataset folder
-fails before anything is built, and ``--launcher pytorch|slurm`` also works
-on CPU-only machines (gloo).
+fails before anything is built, ``--launcher pytorch|slurm`` also works
+on CPU-only machines (gloo), ``--resume`` falls back to the newest complete
+checkpoint when ``last_checkpoint`` is missing or names a broken file, and a
+misspelt ``type=`` lists the close registered names.
 """
 import argparse
 import logging
@@ -27,7 +29,8 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 from wsss_zoo.utils.config import merge_cfg_options
 from wsss_zoo.utils.data_check import check_data_roots
-from wsss_zoo.utils.launch import prepare_launcher
+from wsss_zoo.utils.launch import (explain_registry_errors, prepare_launcher,
+                                   resolve_resume)
 
 
 def parse_args(argv=None):
@@ -73,6 +76,7 @@ def build_cfg(args):
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.resume = args.resume
+    resolve_resume(cfg)
     check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
     prepare_launcher(cfg, args.launcher)
     return cfg
@@ -80,12 +84,13 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = build_cfg(args)
-    if 'runner_type' in cfg:
-        runner = RUNNERS.build(cfg)
-    else:
-        runner = Runner.from_cfg(cfg)
-    runner.train()
+    with explain_registry_errors():
+        cfg = build_cfg(args)
+        if 'runner_type' in cfg:
+            runner = RUNNERS.build(cfg)
+        else:
+            runner = Runner.from_cfg(cfg)
+        runner.train()
     return runner
 
 

@@ -13,3 +13,5 @@ log_processor = dict(by_epoch=False)
 log_level = 'INFO'
 load_from = None
 resume = False
+# stop at the first NaN/Inf loss, naming the iteration (wsss_zoo/engine/hooks)
+custom_hooks = [dict(type='FiniteLossHook')]

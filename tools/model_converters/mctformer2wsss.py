@@ -18,11 +18,13 @@ import torch
 try:
     from wsss_zoo.converters.mctformer import (convert_mctformer,
                                                mctformer_model_cfg)
+    from wsss_zoo.compat import load_checkpoint_file
 except ImportError:  # run from a checkout without installation
     sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..',
                                             '..')))
     from wsss_zoo.converters.mctformer import (convert_mctformer,
                                                mctformer_model_cfg)
+    from wsss_zoo.compat import load_checkpoint_file
 
 
 def parse_args(argv=None):
@@ -42,7 +44,8 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.src):
         raise FileNotFoundError(f'checkpoint not found: {args.src}')
-    ckpt = torch.load(args.src, map_location='cpu', weights_only=True)
+    # weights_only=True; a pickle that would run code is refused clearly
+    ckpt = load_checkpoint_file(args.src, map_location='cpu')
     result = convert_mctformer(
         ckpt, version=args.version, num_heads=args.num_heads)
     torch.save(result, args.dst)

@@ -174,8 +174,13 @@ def convert_depict_decoder(state_dict: Dict[str, torch.Tensor],
     """
     keys = list(state_dict)
     if 'cls_emb' not in state_dict:
-        raise ValueError('not a DEPICT decoder state_dict: no `cls_emb` '
-                         f'(keys: {keys[:8]}...)')
+        unexpected = [k for k in keys if not any(
+            re.fullmatch(pattern, k) for pattern, _ in _DECODER_RULES)]
+        raise ValueError(
+            'not a DEPICT checkpoint (wrong model?): missing keys '
+            f"['{src_prefix}cls_emb']; unexpected keys ({len(unexpected)}): "
+            f'{[src_prefix + k for k in unexpected[:30]]}'
+            f'{" ..." if len(unexpected) > 30 else ""}')
     has_net = any(k.startswith('net.') for k in keys)
     has_snet = any(k.startswith(('snet.', 'cnet.')) for k in keys)
     if has_net and has_snet:
@@ -301,8 +306,10 @@ def convert_depict(checkpoint: dict,
             encoder, or inconsistent decoder shapes.
     """
     state_dict = checkpoint
-    if isinstance(checkpoint.get('model'), dict):
-        state_dict = checkpoint['model']
+    for key in ('model', 'state_dict'):  # Segmenter / mmengine wrappers
+        if isinstance(checkpoint.get(key), dict):
+            state_dict = checkpoint[key]
+            break
     keys = list(state_dict)
     is_full = any(k.startswith(('encoder.', 'decoder.')) for k in keys)
     if not is_full:

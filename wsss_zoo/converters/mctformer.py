@@ -66,6 +66,25 @@ def infer_version(sd: Dict[str, Tensor]) -> Optional[str]:
         "last_opt='fc' (grouped Conv1d head) is not supported")
 
 
+_KNOWN_KEY = re.compile(
+    r'^(cls_token|pos_embed(_cls|_pat)?|patch_embed\.proj\.(weight|bias)|'
+    r'norm\.(weight|bias)|head\.(weight|bias))$')
+
+
+def _check_is_mctformer(sd: Dict[str, Tensor]) -> None:
+    """Fail with the missing and unexpected keys if ``sd`` is not an
+    MCTformer state dict at all (e.g. a checkpoint of another model)."""
+    required = ['cls_token', 'patch_embed.proj.weight']
+    missing = [k for k in required if k not in sd]
+    if missing:
+        unexpected = sorted(
+            k for k in sd if not (_KNOWN_KEY.match(k) or _BLOCK_KEY.match(k)))
+        raise ValueError(
+            'not an MCTformer checkpoint (wrong model?): missing keys '
+            f'{missing}; unexpected keys ({len(unexpected)}): '
+            f'{unexpected[:30]}{" ..." if len(unexpected) > 30 else ""}')
+
+
 def convert_mctformer(ckpt,
                       version: Optional[str] = None,
                       num_heads: Optional[int] = None) -> dict:
@@ -86,6 +105,7 @@ def convert_mctformer(ckpt,
         ValueError: unknown / missing keys (listed), bad version.
     """
     sd = unwrap_state_dict(ckpt)
+    _check_is_mctformer(sd)
     inferred = infer_version(sd)
     if version is not None and version not in VERSIONS:
         raise ValueError(f'version must be one of {VERSIONS}, got {version!r}')

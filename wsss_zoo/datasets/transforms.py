@@ -15,16 +15,24 @@ Two transforms put it in ``results['img_label']`` (np.float32, (C,)):
 
 :class:`PackCAMInputs` packs it as the data field ``gt_img_label`` (float
 tensor (C,)) of the ``SegDataSample``.
+
+:class:`LoadImageFromFile` (registered under mmcv's name in the mmseg
+scope, so every config gets it) is mmcv's loader with a clear error for
+empty, corrupt or truncated image files.
 """
+import io
 import json
 import os.path as osp
 import pickle
 from importlib import import_module
 from typing import Dict, Optional, Sequence, Tuple
 
+import mmcv
 import numpy as np
 import torch
 from mmcv.transforms import BaseTransform
+from mmcv.transforms import LoadImageFromFile as _MMCVLoadImageFromFile
+from mmengine import fileio
 from mmengine.logging import print_log
 
 from mmseg.datasets.transforms import PackSegInputs
@@ -34,6 +42,111 @@ from mmseg.registry import TRANSFORMS
 def _image_id(path: str) -> str:
     """``'.../JPEGImages/2007_000032.jpg'`` -> ``'2007_000032'``."""
     return osp.splitext(osp.basename(path))[0]
+
+
+# ---------------------------------------------------------------------------
+# images
+
+def _strict_decode_fails(data: bytes) -> Optional[str]:
+    """Decode fully with Pillow (truncated data raises); the error or None."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception as e:  # noqa: BLE001 (any decoder error is the answer)
+        return f'{type(e).__name__}: {e}'
+    return None
+
+
+def broken_image_reason(data: bytes) -> Optional[str]:
+    """Why ``data`` is not a complete image file, or None if it looks whole.
+
+    Checks what decoders may silently accept: an empty file, a JPEG without
+    its end-of-image marker, a PNG without its ``IEND`` chunk (some OpenCV
+    builds decode such truncated files and fill the missing rows with
+    grey). A file that fails the cheap check is decoded fully with Pillow
+    before it is declared broken (a JPEG may carry bytes after its end).
+    """
+    if not data:
+        return 'the file is empty'
+    if data[:3] == b'\xff\xd8\xff' and b'\xff\xd9' not in data[-64:]:
+        error = _strict_decode_fails(data)
+        if error:
+            return f'truncated JPEG (no end-of-image marker; {error})'
+    if data[:8] == b'\x89PNG\r\n\x1a\n' and b'IEND' not in data[-64:]:
+        error = _strict_decode_fails(data)
+        if error:
+            return f'truncated PNG (no IEND chunk; {error})'
+    return None
+
+
+@TRANSFORMS.register_module(name='LoadImageFromFile')
+class LoadImageFromFile(_MMCVLoadImageFromFile):
+    """mmcv's ``LoadImageFromFile``, failing clearly on a broken file.
+
+    Registered as ``LoadImageFromFile`` in the mmseg scope (the scope of
+    every wsss_zoo config), so ``dict(type='LoadImageFromFile')`` uses it;
+    ``type='mmcv.LoadImageFromFile'`` still reaches mmcv's own. Decoding is
+    unchanged (``mmcv.imfrombytes``, default cv2 backend, ``color_type=
+    'color'``), which converts every readable image to 8-bit 3-channel BGR:
+
+    - grayscale (``L``): the gray value is repeated in the 3 channels;
+    - RGBA / LA: the alpha channel is dropped (not composited);
+    - 16-bit PNG / TIFF: cv2 keeps the high byte (``value >> 8``); Pillow
+      (``imdecode_backend='pillow'``) clips values above 255 instead, so
+      keep the default backend for 16-bit data.
+
+    An empty, corrupt or truncated file raises ``ValueError`` naming the
+    file and the fix instead of mmcv's bare assertion (or, with some
+    OpenCV builds, a silently grey-filled image). ``ignore_empty=True``
+    returns None as in mmcv.
+
+    Required keys: ``img_path``. Added keys: ``img`` (H, W, 3) uint8
+    (float32 with ``to_float32``), ``img_shape``, ``ori_shape``.
+    """
+
+    def _read_bytes(self, filename: str) -> bytes:
+        if self.file_client_args is not None:
+            client = fileio.FileClient.infer_client(self.file_client_args,
+                                                    filename)
+            return client.get(filename)
+        return fileio.get(filename, backend_args=self.backend_args)
+
+    def transform(self, results: dict) -> Optional[dict]:
+        filename = results['img_path']
+        try:
+            data = self._read_bytes(filename)
+        except FileNotFoundError:
+            if self.ignore_empty:
+                return None
+            raise FileNotFoundError(
+                f'image {filename} does not exist; the dataset lists it '
+                f'(id {_image_id(filename)!r}): restore the file or remove '
+                'the id from the split file / image folder.') from None
+        reason = broken_image_reason(data)
+        img = None
+        if reason is None:
+            try:
+                img = mmcv.imfrombytes(
+                    data, flag=self.color_type, backend=self.imdecode_backend)
+            except Exception as e:  # noqa: BLE001 (reported below)
+                reason = f'{type(e).__name__}: {e}'
+            if img is None and reason is None:
+                reason = 'the decoder cannot read it (no image, or corrupt)'
+        if reason is not None:
+            if self.ignore_empty:
+                return None
+            raise ValueError(
+                f'cannot read image {filename}: {reason}. The file is broken '
+                '(e.g. an interrupted download, copy or extraction): restore '
+                f'it from the original archive, or remove its id '
+                f'{_image_id(filename)!r} from the split file.')
+        if self.to_float32:
+            img = img.astype(np.float32)
+        results['img'] = img
+        results['img_shape'] = img.shape[:2]
+        results['ori_shape'] = img.shape[:2]
+        return results
 
 
 @TRANSFORMS.register_module()

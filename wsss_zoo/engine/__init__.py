@@ -1,0 +1,2 @@
+"""Runner extensions (registered into mmseg's HOOKS)."""
+from . import hooks  # noqa: F401
