@@ -10,10 +10,11 @@ Parameter names are timm's (``norm1``, ``attn.qkv``, ``attn.proj``,
 ``norm2``, ``mlp.fc1``, ``mlp.fc2``), i.e. those of DeiT / the original
 MCTformer and TS-CAM ViTs, so their checkpoints map 1:1.
 """
+from contextlib import contextmanager
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from timm.models.vision_transformer import Attention, Block
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class CaptureAttention(Attention):
@@ -24,6 +25,9 @@ class CaptureAttention(Attention):
     ``capture = True``: explicit ``softmax(q k^T * scale)``; the map before
     attention dropout is kept in ``attn_map``, (B, heads, N, N), as the
     original ViTs of MCTformer / TS-CAM return it.
+    ``materialize = True`` (set by :func:`materialize_all_attention`): the
+    explicit path even when not captured, as the original code runs every
+    layer (the map is kept in ``attn_map`` only when captured).
 
     Args: as timm's ``Attention`` (``dim``, ``num_heads``, ``qkv_bias``,
         ``attn_drop``, ``proj_drop``, ...).
@@ -32,6 +36,7 @@ class CaptureAttention(Attention):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)  # sets fused_attn (timm default)
         self.capture = False
+        self.materialize = False
         self.attn_map: Optional[Tensor] = None
 
     def forward(self,
@@ -39,7 +44,7 @@ class CaptureAttention(Attention):
                 attn_mask: Optional[Tensor] = None,
                 is_causal: bool = False) -> Tensor:
         """x (Tensor): tokens, (B, N, D). Returns: Tensor, (B, N, D)."""
-        if not self.capture:
+        if not (self.capture or self.materialize):
             self.attn_map = None
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if (attn_mask is not None or is_causal
@@ -54,7 +59,8 @@ class CaptureAttention(Attention):
         # (q k^T) * scale, in the order of the original MCTformer / TS-CAM
         # ViTs (timm scales q first; the two agree to float rounding).
         attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-        self.attn_map = attn  # (B, heads, N, N), post-softmax, pre-dropout
+        # (B, heads, N, N), post-softmax, pre-dropout
+        self.attn_map = attn if self.capture else None
         x = self.attn_drop(attn) @ v
         x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
         x = self.proj(self.norm(x))
@@ -134,6 +140,39 @@ def run_blocks(blocks: Sequence[CaptureBlock],
     return x, attn
 
 
+@contextmanager
+def materialize_all_attention(model: nn.Module):
+    """Run every attention layer of ``model`` on its explicit softmax path.
+
+    The baseline of the original research code, which builds the (B, heads,
+    N, N) map in every layer on every call, training included. Inside the
+    context every :class:`CaptureAttention` takes its explicit path, and any
+    other module with a ``fused_attn`` flag (timm ``Attention``, DEPICT's
+    subspace attention) has it set to False. Outputs, losses and gradients
+    are those of the fused path up to float rounding; only time and memory
+    differ. The flags are restored on exit, also after an exception.
+
+    Args:
+        model (nn.Module): any module tree.
+
+    Yields:
+        int: the number of attention modules switched.
+    """
+    saved = []
+    for m in model.modules():
+        if isinstance(m, CaptureAttention):
+            saved.append((m, 'materialize', m.materialize))
+            m.materialize = True
+        elif isinstance(getattr(m, 'fused_attn', None), bool):
+            saved.append((m, 'fused_attn', m.fused_attn))
+            m.fused_attn = False
+    try:
+        yield len(saved)
+    finally:
+        for m, name, value in saved:
+            setattr(m, name, value)
+
+
 def head_mean(attn: Tensor) -> Tensor:
     """Average a (B, heads, N, N) map over heads -> (B, N, N)."""
     return attn.mean(dim=1)
@@ -141,5 +180,5 @@ def head_mean(attn: Tensor) -> Tensor:
 
 __all__ = [
     'CaptureAttention', 'CaptureBlock', 'normalize_layer_indices',
-    'run_blocks', 'head_mean'
+    'run_blocks', 'head_mean', 'materialize_all_attention'
 ]
