@@ -29,8 +29,16 @@ STAGE1_CONFIGS = {
     'configs/mctformer/mctformer-v2_vit-t8_1xb16-2k_synthshapes-96x96.py',
     'mctformer_v1':
     'configs/mctformer/mctformer-v1_vit-t8_1xb16-2k_synthshapes-96x96.py',
+    'mctformer_plus':
+    'configs/mctformer/mctformer-plus_vit-t8_1xb16-2k_synthshapes-96x96.py',
+    'tscam': 'configs/tscam/tscam_vit-t8_1xb16-2k_synthshapes-96x96.py',
+    'transcam':
+    'configs/transcam/transcam_conformer-t_1xb16-2k_synthshapes-96x96.py',
+    'weaktr': 'configs/weaktr/weaktr_vit-t8_1xb16-2k_synthshapes-96x96.py',
 }
 STAGE2_CONFIG = 'configs/depict/depict-sa_vit-t8_1xb8-2k_synthshapes-96x96.py'
+STAGE2_PSEUDO_CONFIG = \
+    'configs/depict/depict-sa_vit-t8_1xb8-2k_synthshapes-pseudo-96x96.py'
 
 
 def parse_args(argv=None):
@@ -115,13 +123,12 @@ def main(argv=None):
              ], osp.join(work, 'pseudo_labels.log'))
         pseudo = last_metrics(osp.join(s1, 'pseudo'))
         s2 = osp.join(work, 'stage2_depict')
-        run(['tools/train.py', STAGE2_CONFIG, '--work-dir', s2,
-             '--cfg-options'] + data_opt + iters + [
-                 'train_dataloader.dataset.data_prefix.seg_map_path=' +
-                 pseudo_dir
-             ], osp.join(work, 'stage2_train.log'))
-        run(['tools/test.py', STAGE2_CONFIG, checkpoint_of(s2), '--work-dir',
-             osp.join(s2, 'test'), '--cfg-options'] + data_opt,
+        run(['tools/train.py', STAGE2_PSEUDO_CONFIG, '--work-dir', s2,
+             '--cfg-options'] + data_opt + iters +
+            [f'pseudo_label_dir={pseudo_dir}'],
+            osp.join(work, 'stage2_train.log'))
+        run(['tools/test.py', STAGE2_PSEUDO_CONFIG, checkpoint_of(s2),
+             '--work-dir', osp.join(s2, 'test'), '--cfg-options'] + data_opt,
             osp.join(work, 'stage2_test.log'))
         seg = last_metrics(osp.join(s2, 'test'))
         vis_dir = osp.join(work, 'cam_overlays')
@@ -133,6 +140,7 @@ def main(argv=None):
             ['--out-dir', vis_dir], osp.join(work, 'visualize.log'))
         results[f'CAM mIoU (val, best bg threshold {cam.get("best_thr")})'] \
             = cam['mIoU']
+        results['uniform-CAM reference mIoU (val)'] = cam.get('uniform_mIoU')
         results['pseudo-label mIoU (train, multi-scale + flip)'] = \
             pseudo['mIoU']
         results['stage-2 DEPICT mIoU (val, real masks)'] = seg['mIoU']

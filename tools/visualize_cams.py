@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.dataset import Compose
+from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 from mmseg.registry import MODELS
@@ -79,6 +80,7 @@ def build_model(cfg, checkpoint, device, label_source, bg_thresh):
     if bg_thresh is not None:
         test_cfg['bg_thresh'] = bg_thresh
     model_cfg.test_cfg = test_cfg
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
     model = MODELS.build(model_cfg)
     load_checkpoint(model, checkpoint, map_location='cpu')
     return model.to(device).eval()

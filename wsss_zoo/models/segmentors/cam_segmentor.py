@@ -193,6 +193,7 @@ class CAMSegmentor(BaseSegmentor):
             list[SegDataSample]: with ``seg_logits``, ``pred_sem_seg`` (and
             ``cam_raw``, ``cam_logits`` if ``keep_raw_cams``).
         """
+        self._check_image_sizes(inputs, data_samples)
         pads = [_padding(s.metainfo) for s in data_samples or []]
         if not any(any(p) for p in pads):
             cams, logits = self.raw_cams(inputs)
@@ -215,6 +216,25 @@ class CAMSegmentor(BaseSegmentor):
             logits[idx] = sub_logits
         return self.postprocess_result(cams, data_samples, logits)
 
+    def _check_image_sizes(self, inputs: Tensor,
+                           data_samples: OptConfigType) -> None:
+        """Name the image when one is smaller than a patch (the backbone
+        alone cannot say which file it was)."""
+        patch = getattr(self.backbone, 'patch_size', None)
+        if not isinstance(patch, int) or not data_samples:
+            return
+        H, W = inputs.shape[-2:]
+        for sample in data_samples:
+            left, right, top, bottom = _padding(sample.metainfo)
+            h, w = H - top - bottom, W - left - right
+            if h < patch or w < patch:
+                raise ValueError(
+                    f'image {sample.metainfo.get("img_path", "?")} is {h}x{w} '
+                    f'pixels at test time, smaller than one {patch}x{patch} '
+                    f'patch of {type(self.backbone).__name__}: resize it in '
+                    "the test pipeline (dict(type='Resize', scale=..., "
+                    'keep_ratio=True)) or remove it from the dataset.')
+
     def _allowed_classes(self, data_sample, logits: Optional[Tensor],
                          device) -> Tensor:
         """(C,) 0/1 mask of the classes this image may contain."""
@@ -226,7 +246,15 @@ class CAMSegmentor(BaseSegmentor):
                     'test pipeline (AddImageLevelLabel or '
                     "LoadImageLevelLabelFromFile + PackCAMInputs); use "
                     "label_source='pred' for images without labels.")
-            return data_sample.gt_img_label.to(device).float()
+            label = data_sample.gt_img_label
+            if label.numel() != self.num_classes:
+                raise ValueError(
+                    f'image {data_sample.metainfo.get("img_path", "?")}: its '
+                    f'image-level label has {label.numel()} classes but the '
+                    f'CAM head has num_classes={self.num_classes}; make the '
+                    'config num_classes, the dataset classes and the label '
+                    'file agree.')
+            return label.to(device).float()
         if source == 'pred':
             return (logits > 0).float().to(device)
         return torch.ones(self.num_classes, device=device)
