@@ -67,7 +67,9 @@ class MCTEncoder(BaseModule):
     """Multi-class-token ViT encoder (shared by MCTformer V1, V2 and +).
 
     Subclasses only say how positional embeddings are stored and added
-    (:meth:`_embed_tokens`, :meth:`_init_pos_embed`, :meth:`_adapt_imagenet`).
+    (:meth:`_embed_tokens`, :meth:`_init_pos_embed`, :meth:`_adapt_imagenet`)
+    and whether the final ``norm`` is applied (``apply_final_norm``: False
+    for MCTformer, True for the single-class-token TS-CAM DeiT).
 
     Args:
         img_size (int): training image size; sets the stored patch grid
@@ -91,6 +93,10 @@ class MCTEncoder(BaseModule):
             checkpoint=pretrained)``. Default: None.
         init_cfg (dict, optional): mmengine init config. Default: None.
     """
+
+    # MCTformer never applies the final LayerNorm (kept frozen for checkpoint
+    # compatibility); a subclass that does sets this to True.
+    apply_final_norm = False
 
     def __init__(self,
                  img_size: int = 224,
@@ -151,9 +157,10 @@ class MCTEncoder(BaseModule):
                 norm_layer=partial(nn.LayerNorm, eps=norm_eps))
             for i in range(num_layers)
         ])
-        # Kept for checkpoint compatibility; never applied (as the original).
         self.norm = nn.LayerNorm(embed_dims, eps=norm_eps)
-        self.norm.requires_grad_(False)
+        if not self.apply_final_norm:
+            # kept for checkpoint compatibility; never applied (MCTformer)
+            self.norm.requires_grad_(False)
 
     # ------------------------------------------------------------------
     # positional embeddings (variant-specific)
@@ -196,8 +203,9 @@ class MCTEncoder(BaseModule):
                 every layer uses fused attention.
 
         Returns:
-            dict: ``cls_tokens`` (B, C, D) final class tokens (no final
-            norm); ``patch_tokens`` (B, P, D), P = h * w; ``hw`` (h, w);
+            dict: ``cls_tokens`` (B, C, D) final class tokens (after the
+            final norm only if ``apply_final_norm``); ``patch_tokens``
+            (B, P, D), P = h * w, likewise; ``hw`` (h, w);
             ``attn`` {layer: (B, heads, N, N) post-softmax map}, N = C + P,
             only for ``capture_layers``; ``num_layers`` (int).
         """
@@ -214,6 +222,8 @@ class MCTEncoder(BaseModule):
         per_block = []
         hook = self._per_block_hook(per_block)
         tokens, attn = run_blocks(self.blocks, tokens, capture_layers, hook)
+        if self.apply_final_norm:
+            tokens = self.norm(tokens)
         C = self.num_classes
         feats = dict(
             cls_tokens=tokens[:, :C],
