@@ -198,8 +198,11 @@ def convert_weaktr_gcd(checkpoint: dict) -> Tuple[OrderedDict, dict]:
                 (k[len('backbone.'):], v) for k, v in backbone_sd.items())
             return bare, dict(layout='imagenet_encoder', backbone=backbone_info)
         raise WeakTrGCDConversionError(
-            'not a WeakTr stage-2 checkpoint: no encoder./decoder. keys, no '
-            f'decoder cls_emb, no ViT blocks (first keys: {keys[:8]}).')
+            'not a WeakTr stage-2 checkpoint (wrong model?): missing keys '
+            "['encoder.*', 'decoder.*'] (or a bare decoder's 'cls_emb', or "
+            "an ImageNet ViT's 'patch_embed.proj.weight' + 'blocks.*'); "
+            f'unexpected keys ({len(keys)}): {keys[:20]}'
+            f"{' ...' if len(keys) > 20 else ''}.")
 
     parts = {'encoder.': OrderedDict(), 'decoder.': OrderedDict()}
     stray = []
