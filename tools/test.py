@@ -29,7 +29,8 @@ from mmengine.runner import Runner
 from wsss_zoo.utils.config import merge_cfg_options
 from wsss_zoo.utils.data_check import check_data_roots
 from wsss_zoo.utils.launch import (dump_metrics, explain_registry_errors,
-                                   load_checkpoint_strict, prepare_launcher)
+                                   load_checkpoint_strict, prepare_launcher,
+                                   finish_distributed)
 
 
 def parse_args(argv=None):
@@ -128,3 +129,4 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
+    finish_distributed()

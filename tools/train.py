@@ -30,7 +30,8 @@ from mmseg.registry import RUNNERS
 from wsss_zoo.utils.config import merge_cfg_options
 from wsss_zoo.utils.data_check import check_data_roots
 from wsss_zoo.utils.launch import (explain_registry_errors, prepare_launcher,
-                                   resolve_resume)
+                                   resolve_resume,
+                                   finish_distributed)
 
 
 def parse_args(argv=None):
@@ -96,3 +97,4 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
+    finish_distributed()

@@ -130,6 +130,19 @@ def dump_metrics(metrics: dict, work_dir: str) -> None:
     atomic_write(osp.join(work_dir, 'test_metrics.json'), write)
 
 
+def finish_distributed() -> None:
+    """Wait for every rank, then close the process group.
+
+    Without it a rank that finishes early (the others still evaluating on
+    rank 0, say) tears down gloo's threads at interpreter exit and can
+    abort ('terminate called without an active exception'), which torchrun
+    reports as a failed job although every output was written.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------------------
 # resuming after a kill
 
