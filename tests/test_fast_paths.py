@@ -303,3 +303,46 @@ def test_depict_fused_training_matches_explicit(mode, sdpa_calls):
     # flags restored: fused again
     assert all(m.fused_attn for m in head.modules()
                if hasattr(m, 'fused_attn'))
+
+
+@pytest.mark.parametrize('config,refiner', [
+    (c, r) for c in STAGE1 for r in (None, 'PatchAffinityRefiner')
+    if r is None or 'mctformer' in c
+])
+def test_head_mean_capture_gives_the_same_cams(config, refiner,
+                                               monkeypatch):
+    """CAM consumers that only average heads get (B, 1, N, N) maps kept
+    (``keep_head_mean_attention``): the CAMs equal those from full maps."""
+    model = build_stage1(config).eval()
+    if refiner is not None:  # the VOC setting: refinement over all layers
+        model.refiners = torch.nn.ModuleList([MODELS.build(dict(type=refiner))])
+    consumers = [model.cam_head, *model.refiners]
+    head_mean = all(getattr(m, 'attn_head_mean_only', False)
+                    for m in consumers)
+    if not model._cam_capture_layers():
+        pytest.skip(f'{config}: CAM mode reads no attention maps')
+    x = torch.randn(B, 3, H, W)
+    kept = []
+    orig_extract = model.extract_feat
+
+    def extract(*args, **kwargs):
+        feats = orig_extract(*args, **kwargs)
+        kept.extend(a.shape[1] for a in feats['attn'].values())
+        return feats
+
+    monkeypatch.setattr(model, 'extract_feat', extract)
+    with torch.no_grad():
+        fast, logits = model.raw_cams(x)
+        heads_fast = list(kept)
+        kept.clear()
+        for m in consumers:  # force full (B, heads, N, N) maps
+            monkeypatch.setattr(m, 'attn_head_mean_only', False,
+                                raising=False)
+        full, logits_full = model.raw_cams(x)
+    assert kept and all(h > 1 for h in kept)
+    if head_mean:
+        assert heads_fast and all(h == 1 for h in heads_fast), heads_fast
+    else:  # e.g. WeakTr's fusion weights every head: full maps kept
+        assert heads_fast == kept
+    assert rel_err(fast, full) <= 1e-6
+    assert torch.equal(logits, logits_full)

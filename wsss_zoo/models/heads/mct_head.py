@@ -108,6 +108,9 @@ class MCTHead(BaseModule):
         init_cfg (dict, optional): mmengine init config. Default: None.
     """
 
+    # reads attention maps only through their mean over heads
+    attn_head_mean_only = True
+
     def __init__(self,
                  num_classes: int,
                  in_channels: int,

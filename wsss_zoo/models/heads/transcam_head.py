@@ -42,6 +42,9 @@ class TransCAMHead(BaseModule):
         init_cfg (dict, optional): mmengine init config. Default: None.
     """
 
+    # reads no attention maps
+    attn_head_mean_only = True
+
     def __init__(self,
                  num_classes: int,
                  in_channels: int,

@@ -26,6 +26,9 @@ class PatchAffinityRefiner(BaseModule):
         init_cfg (dict, optional): unused (no parameters). Default: None.
     """
 
+    # reads attention maps only through their mean over heads
+    attn_head_mean_only = True
+
     def __init__(self, layers: Optional[Iterable[int]] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)

@@ -45,6 +45,9 @@ class TransCAMRefiner(BaseModule):
         init_cfg (dict, optional): unused (no parameters). Default: None.
     """
 
+    # reads attention maps only through their mean over heads
+    attn_head_mean_only = True
+
     def __init__(self,
                  mode: str = 'transcam',
                  layers: Optional[Iterable[int]] = None,

@@ -11,6 +11,7 @@ from torch import Tensor
 from mmseg.models.segmentors import BaseSegmentor
 from mmseg.registry import MODELS
 from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig, SampleList
+from ..utils.attention import keep_head_mean_attention
 
 _LABEL_SOURCES = ('gt', 'pred', 'none')
 
@@ -159,7 +160,13 @@ class CAMSegmentor(BaseSegmentor):
         Returns:
             tuple: cams (B, C, H, W) un-normalised, logits (B, C).
         """
-        feats = self.extract_feat(inputs, self._cam_capture_layers())
+        # consumers that only average heads get (B, 1, N, N) maps: the same
+        # values, num_heads times less memory held across layers
+        head_mean_only = all(
+            getattr(m, 'attn_head_mean_only', False)
+            for m in [self.cam_head, *self.refiners])
+        with keep_head_mean_attention(self.backbone, head_mean_only):
+            feats = self.extract_feat(inputs, self._cam_capture_layers())
         out = self.cam_head.predict_cams(feats)
         cams = out['cams']
         for refiner in self.refiners:

@@ -28,6 +28,11 @@ class CaptureAttention(Attention):
     ``materialize = True`` (set by :func:`materialize_all_attention`): the
     explicit path even when not captured, as the original code runs every
     layer (the map is kept in ``attn_map`` only when captured).
+    ``keep_head_mean = True`` (set by :func:`keep_head_mean_attention`): a
+    captured map is averaged over heads as soon as it is made and kept as
+    (B, 1, N, N), for consumers that only use the head mean (the full map
+    of a layer then lives only while that layer runs). Ignored under
+    ``materialize`` (the original-code baseline keeps full maps).
 
     Args: as timm's ``Attention`` (``dim``, ``num_heads``, ``qkv_bias``,
         ``attn_drop``, ``proj_drop``, ...).
@@ -37,6 +42,7 @@ class CaptureAttention(Attention):
         super().__init__(*args, **kwargs)  # sets fused_attn (timm default)
         self.capture = False
         self.materialize = False
+        self.keep_head_mean = False
         self.attn_map: Optional[Tensor] = None
 
     def forward(self,
@@ -60,7 +66,12 @@ class CaptureAttention(Attention):
         # ViTs (timm scales q first; the two agree to float rounding).
         attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
         # (B, heads, N, N), post-softmax, pre-dropout
-        self.attn_map = attn if self.capture else None
+        if self.capture:
+            # the materialised baseline keeps full maps, as the original
+            reduce = self.keep_head_mean and not self.materialize
+            self.attn_map = attn.mean(dim=1, keepdim=True) if reduce else attn
+        else:
+            self.attn_map = None
         x = self.attn_drop(attn) @ v
         x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
         x = self.proj(self.norm(x))
@@ -173,6 +184,33 @@ def materialize_all_attention(model: nn.Module):
             setattr(m, name, value)
 
 
+@contextmanager
+def keep_head_mean_attention(model: nn.Module, enabled: bool = True):
+    """Keep only the head mean of every captured attention map in ``model``.
+
+    For CAM consumers that average the heads anyway (MCTformer's
+    class-to-patch attention and patch affinity, TransCAM's refiner): their
+    ``attn[i].mean(dim=1)`` of the (B, 1, N, N) map is the same tensor, and
+    ``num_heads`` times less memory is held across layers. Flags are
+    restored on exit.
+
+    Args:
+        model (nn.Module): any module tree.
+        enabled (bool): False: do nothing (a no-op context).
+    """
+    saved = []
+    if enabled:
+        for m in model.modules():
+            if isinstance(m, CaptureAttention):
+                saved.append((m, m.keep_head_mean))
+                m.keep_head_mean = True
+    try:
+        yield len(saved)
+    finally:
+        for m, value in saved:
+            m.keep_head_mean = value
+
+
 def head_mean(attn: Tensor) -> Tensor:
     """Average a (B, heads, N, N) map over heads -> (B, N, N)."""
     return attn.mean(dim=1)
@@ -180,5 +218,6 @@ def head_mean(attn: Tensor) -> Tensor:
 
 __all__ = [
     'CaptureAttention', 'CaptureBlock', 'normalize_layer_indices',
-    'run_blocks', 'head_mean', 'materialize_all_attention'
+    'run_blocks', 'head_mean', 'materialize_all_attention',
+    'keep_head_mean_attention'
 ]
