@@ -1,8 +1,10 @@
 """A trained MCTformer-V2's CAM of a class is highest inside that class's
 objects (issue 3), trained here from scratch on SynthShapes images with
-image-level labels only, with the synthetic config's recipe (random resized
-crops whose labels are recomputed from the crop, CAMs without patch-affinity
-refinement; see configs/mctformer/mctformer-v2_vit-t8_*_synthshapes*.py).
+image-level labels only, with the ingredients of the synthetic config's
+recipe (configs/mctformer/mctformer-v2_vit-t8_*_synthshapes*.py) on a smaller
+model, in an in-memory loop: random resized crops whose labels are recomputed
+from the crop (square crops here), the class-to-patch CAM, no patch-affinity
+refinement.
 
 The untrained model of the same seed is the control: the property must come
 from training, not from the architecture or the data."""
@@ -38,8 +40,9 @@ def _labels(masks):
                         for k in range(NUM_FG)], dim=1).float()
 
 
-def _model(cam_mode, refine):
-    """Tiny MCTformer-V2 (96 px, patch 8: 12x12 tokens, 3 layers)."""
+def _model():
+    """Tiny MCTformer-V2 (96 px, patch 8: 12x12 tokens, 3 layers) with the
+    synthetic config's CAM: class-to-patch attention, no refinement."""
     init_default_scope('mmseg')
     torch.manual_seed(0)
     return MODELS.build(dict(
@@ -53,8 +56,8 @@ def _model(cam_mode, refine):
             embed_dims=96, num_layers=3, num_heads=4, num_classes=NUM_FG,
             drop_path_rate=0.0),
         cam_head=dict(type='MCTHead', num_classes=NUM_FG, in_channels=96,
-                      version='v2', cam_mode=cam_mode, cam_layers=3),
-        refiners=[dict(type='PatchAffinityRefiner')] if refine else [],
+                      version='v2', cam_mode='mct', cam_layers=3),
+        refiners=[],
         test_cfg=dict(bg_thresh=0.4, label_source='gt')))
 
 
@@ -128,10 +131,10 @@ def test_trained_mctformer_v2_cam_is_highest_inside_the_objects():
     x_train, m_train = _images(400, seed=1)
     x_val, m_val = _images(48, seed=2)
 
-    untrained = _model('mct', refine=False).eval()
+    untrained = _model().eval()
     ins0, out0 = _inside_vs_outside(untrained, x_val, m_val)
 
-    model = _train(_model('mct', refine=False), x_train, m_train)
+    model = _train(_model(), x_train, m_train)
     ins, out = _inside_vs_outside(model, x_val, m_val)
     # training makes the class's CAM higher on its objects than on the
     # background for (nearly) every held-out image and present class

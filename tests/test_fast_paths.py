@@ -317,8 +317,7 @@ def test_head_mean_capture_gives_the_same_cams(config, refiner,
     if refiner is not None:  # the VOC setting: refinement over all layers
         model.refiners = torch.nn.ModuleList([MODELS.build(dict(type=refiner))])
     consumers = [model.cam_head, *model.refiners]
-    head_mean = all(getattr(m, 'attn_head_mean_only', False)
-                    for m in consumers)
+    head_mean = model._cam_attn_head_mean_only()
     if not model._cam_capture_layers():
         pytest.skip(f'{config}: CAM mode reads no attention maps')
     x = torch.randn(B, 3, H, W)

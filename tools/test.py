@@ -29,8 +29,8 @@ from mmengine.runner import Runner
 from wsss_zoo.utils.config import merge_cfg_options
 from wsss_zoo.utils.data_check import check_data_roots
 from wsss_zoo.utils.launch import (dump_metrics, explain_registry_errors,
-                                   load_checkpoint_strict, prepare_launcher,
-                                   finish_distributed)
+                                   finish_distributed, load_checkpoint_strict,
+                                   prepare_launcher)
 
 
 def parse_args(argv=None):

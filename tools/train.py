@@ -29,9 +29,9 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 from wsss_zoo.utils.config import merge_cfg_options
 from wsss_zoo.utils.data_check import check_data_roots
-from wsss_zoo.utils.launch import (explain_registry_errors, prepare_launcher,
-                                   resolve_resume,
-                                   finish_distributed)
+from wsss_zoo.utils.launch import (explain_registry_errors,
+                                   finish_distributed, prepare_launcher,
+                                   resolve_resume)
 
 
 def parse_args(argv=None):

@@ -1,8 +1,9 @@
 # TS-CAM trained from scratch on the built-in SynthShapes dataset (image-level
 # labels only). Tiny ViT (128-d, 4 layers, patch 8) that trains in minutes on
 # 2 CPU cores. SynthShapes images have 1-3 classes: multi-label loss.
-# A pipeline smoke test: from scratch, TS-CAM's semantic maps do not localise
-# and its CAMs stay at the all-background baseline (docs/readme/tscam.md).
+# Mostly a pipeline smoke test: from scratch, TS-CAM's semantic maps do not
+# localise; its CAMs reach 19.3 mIoU vs 14.5 all-background on the demo data
+# and do not beat it with 400 training images (docs/readme/tscam.md).
 _base_ = [
     '../_base_/models/tscam_deit-s16.py',
     '../_base_/datasets/synthshapes_cls.py', '../_base_/default_runtime.py',

@@ -109,6 +109,14 @@ class CAMSegmentor(BaseSegmentor):
             layers.update(refiner.attn_layers(self._num_layers))
         return sorted(layers)
 
+    def _cam_attn_head_mean_only(self) -> bool:
+        """Whether every CAM consumer of the attention maps (head,
+        refiners) only reads their mean over heads: then (B, 1, N, N) maps
+        are kept, the same values with num_heads times less memory."""
+        return all(
+            getattr(m, 'attn_head_mean_only', False)
+            for m in [self.cam_head, *self.refiners])
+
     def _loss_capture_layers(self) -> Optional[List[int]]:
         get_layers = getattr(self.cam_head, 'loss_attn_layers', None)
         layers = get_layers(self._num_layers) if get_layers else None
@@ -160,12 +168,8 @@ class CAMSegmentor(BaseSegmentor):
         Returns:
             tuple: cams (B, C, H, W) un-normalised, logits (B, C).
         """
-        # consumers that only average heads get (B, 1, N, N) maps: the same
-        # values, num_heads times less memory held across layers
-        head_mean_only = all(
-            getattr(m, 'attn_head_mean_only', False)
-            for m in [self.cam_head, *self.refiners])
-        with keep_head_mean_attention(self.backbone, head_mean_only):
+        with keep_head_mean_attention(self.backbone,
+                                      self._cam_attn_head_mean_only()):
             feats = self.extract_feat(inputs, self._cam_capture_layers())
         out = self.cam_head.predict_cams(feats)
         cams = out['cams']
