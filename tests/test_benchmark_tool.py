@@ -63,6 +63,7 @@ def test_stage1_config(tmp_path):
     cam = rows['cam']
     assert cam['scales'] == [1.0, 0.75, 1.25] and cam['flip'] is True
     assert cam['views_per_image'] == 6
+    assert cam['max_images_per_pass'] == 2  # the CPU default
     assert cam['masks_identical'] is True
     assert cam['mask_mismatch_pixels'] == 0
     assert cam['mask_mismatch_at_ties_only'] is True
@@ -79,8 +80,10 @@ def test_cli_scales_and_flip(tmp_path):
     # V2 adds the PatchCAM 3x3 conv, whose CPU kernel rounds differently
     # for a batch than for one image: a float tie may flip (reported)
     res, stdout = run_json([MCT, '--tasks', 'cam', '--scales', '1.0', '0.5',
-                            '--no-flip'] + FAST, tmp_path)
+                            '--no-flip', '--cam-chunk', '0'] + FAST,
+                           tmp_path)
     (cam, ) = res['rows']
+    assert cam['max_images_per_pass'] is None  # 0: one pass per scale
     assert cam['scales'] == [1.0, 0.5] and cam['flip'] is False
     assert cam['views_per_image'] == 2
     assert cam['mask_mismatch_at_ties_only'] is True
@@ -118,6 +121,7 @@ def load_tool():
     ([MCT, '--tasks', 'infer', '--device', 'cpu'], 'do not apply'),
     ([MCT, '--shape', '1', '2', '3'], '--shape takes H or H W'),
     ([MCT, '--iters', '0'], '--iters must be >= 1'),
+    ([MCT, '--cam-chunk', '-1'], '--cam-chunk must be >= 0'),
 ])
 def test_bad_options_name_the_fix(args, match, capsys):
     tool = load_tool()

@@ -191,6 +191,33 @@ def test_batched_ms_cams_match_per_image_loop(config):
     assert mask_f.unique().numel() > 1
 
 
+@pytest.mark.parametrize('config', STAGE1[:1])
+def test_chunked_passes_give_the_same_cams(config):
+    """``max_images_per_pass`` splits each scale's 2B views into passes of
+    at most that many images; the CAM sum is the one-pass sum."""
+    model = build_stage1(config).eval()
+    images, labels, _ = stage1_batch(model, seed=3)
+    calls = []
+    raw_cams = model.raw_cams
+
+    def counting_raw_cams(x):
+        calls.append(x.shape[0])
+        return raw_cams(x)
+
+    model.raw_cams = counting_raw_cams
+    with torch.no_grad():
+        whole = batched_ms_cams(model, images, SCALES, True, labels)
+        calls.clear()
+        chunked = batched_ms_cams(model, images, SCALES, True, labels,
+                                  max_images_per_pass=3)
+    per_scale = [3] * (2 * B // 3) + ([2 * B % 3] if 2 * B % 3 else [])
+    assert calls == per_scale * len(SCALES)
+    assert rel_err(chunked, whole) < 1e-5
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match='max_images_per_pass'):
+            batched_ms_cams(model, images, SCALES, True, labels, bad)
+
+
 def test_compare_masks_tells_ties_from_real_differences():
     g = torch.Generator().manual_seed(0)
     norm = torch.rand(1, 3, 8, 8, generator=g)

@@ -4,8 +4,8 @@ memory, each next to a baseline measured in the same run.
     python tools/benchmark.py CONFIG [--device cpu|cuda] [--batch-size B]
         [--shape H [W]] [--amp {off,fp16,bf16}] [--compile]
         [--tasks train cam infer head] [--scales 1.0 0.5 1.5 2.0]
-        [--flip | --no-flip] [--warmup N] [--iters N] [--repeat N]
-        [--seed S] [--out FILE.json] [--work-dir DIR]
+        [--flip | --no-flip] [--cam-chunk N|0] [--warmup N] [--iters N]
+        [--repeat N] [--seed S] [--out FILE.json] [--work-dir DIR]
         [--cfg-options k=v ...]
 
 Inputs are synthetic random tensors of ``--shape`` (default: the config's
@@ -15,8 +15,9 @@ randomly initialised; ``pretrained`` is ignored). Baselines:
 * ``CAMSegmentor`` configs: ``train`` = the same model with attention
   materialised in every layer (the original research code);
   ``cam`` = multi-scale + flip CAMs (``--scales``/``--flip``, default the
-  config's ``cam_scales`` and ``tta_pipeline`` flip), all views of a batch at
-  once per scale vs. the original per-image, per-view loop (materialised
+  config's ``cam_scales`` and ``tta_pipeline`` flip), the views of a batch
+  at one scale in passes of ``--cam-chunk`` images (default: all at once on
+  CUDA, 2 on CPU, the fastest there) vs. the original per-image, per-view loop (materialised
   attention); the masks of both paths are compared and the result reported.
 * ``DEPICTHead`` configs: the same model with mmseg's
   ``SegmenterMaskTransformerHead`` (same backbone, embed dims and depth):
@@ -83,6 +84,10 @@ def parse_args(argv=None):
     p.add_argument('--flip', action=argparse.BooleanOptionalAction,
                    default=None,
                    help='add flipped views (default: as the tta_pipeline)')
+    p.add_argument('--cam-chunk', type=int, default=None,
+                   help='fast CAM path: at most this many images per '
+                   'forward pass (0: all views of a scale in one pass; '
+                   'default: 0 on CUDA, 2 on CPU)')
     p.add_argument('--warmup', type=int, default=2,
                    help='untimed steps per path (at least 3 with --compile)')
     p.add_argument('--iters', type=int, default=5,
@@ -102,6 +107,8 @@ def parse_args(argv=None):
             p.error(f'--{name.replace("_", "-")} must be >= 1')
     if args.warmup < 0:
         p.error('--warmup must be >= 0')
+    if args.cam_chunk is not None and args.cam_chunk < 0:
+        p.error('--cam-chunk must be >= 0 (0: one pass per scale)')
     if args.compile and args.warmup < 3:
         # the first steps compile and recompile (optimiser state appears
         # after step 1, the baseline flags add guards): keep them untimed
@@ -228,8 +235,12 @@ def run(args) -> dict:
             g = torch.Generator().manual_seed(args.seed + 1)
             images = torch.randn(B, 3, *shape, generator=g).to(device)
             labels = random_img_labels(B, model.num_classes, g).to(device)
+            chunk = args.cam_chunk
+            if chunk is None:  # measured: README "Benchmark", CPU rows
+                chunk = 2 if device.type == 'cpu' else 0
             rows.append(bench_cam(model, images, labels, scales, flip,
                                   amp=args.amp, compile_steps=args.compile,
+                                  max_images_per_pass=chunk or None,
                                   **common))
         result['params'] = dict(model=count_params(model),
                                 head=count_params(model.cam_head))
@@ -321,7 +332,8 @@ def format_table(result: dict) -> str:
         task = row['task']
         if task == 'cam':
             task += (f" ({len(row['scales'])} scales"
-                     f"{' + flip' if row['flip'] else ''})")
+                     f"{' + flip' if row['flip'] else ''}, "
+                     f"{row['max_images_per_pass'] or 'all'} per pass)")
         lines.append(
             f"| {task} | {_fmt(row['images_per_s'], '.3g')} | "
             f"{_fmt(row['baseline_images_per_s'], '.3g')} | "

@@ -389,8 +389,12 @@ def bench_infer(model, data, device, warmup, iters, repeat, amp='off',
 
 def bench_cam(model, images: Tensor, labels: Tensor, scales, flip: bool,
               device, warmup, iters, repeat, amp='off',
-              compile_steps=False) -> dict:
+              compile_steps=False,
+              max_images_per_pass: Optional[int] = None) -> dict:
     """Multi-scale + flip CAM images/s: batched vs per-image materialised.
+
+    The fast path runs :func:`batched_ms_cams` with ``max_images_per_pass``
+    (None: all views of a scale in one pass).
 
     Also checks that both give identical masks (same normalisation and
     background threshold ``model.test_cfg['bg_thresh']``) and, where they do
@@ -406,8 +410,8 @@ def bench_cam(model, images: Tensor, labels: Tensor, scales, flip: bool,
     def fast():
         with torch.no_grad(), autocast_ctx(device, amp):
             out['fast'] = cams_to_masks(
-                batched_ms_cams(model, images, scales, flip, labels), labels,
-                bg_thresh)
+                batched_ms_cams(model, images, scales, flip, labels,
+                                max_images_per_pass), labels, bg_thresh)
 
     def baseline():
         with torch.no_grad(), autocast_ctx(device, amp), \
@@ -428,6 +432,7 @@ def bench_cam(model, images: Tensor, labels: Tensor, scales, flip: bool,
         scales=[float(s) for s in scales],
         flip=bool(flip),
         views_per_image=len(scales) * (2 if flip else 1),
+        max_images_per_pass=max_images_per_pass,
         masks_identical=check['identical'],
         mask_mismatch_pixels=check['mismatch_pixels'],
         mask_pixels=check['pixels'],

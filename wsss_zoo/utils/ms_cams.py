@@ -55,7 +55,8 @@ def batched_ms_cams(segmentor,
                     images: Tensor,
                     scales: Sequence[float],
                     flip: bool = True,
-                    labels: Optional[Tensor] = None) -> Tensor:
+                    labels: Optional[Tensor] = None,
+                    max_images_per_pass: Optional[int] = None) -> Tensor:
     """Summed multi-scale (+ flip) CAMs, one forward pass per scale.
 
     Args:
@@ -64,18 +65,35 @@ def batched_ms_cams(segmentor,
         scales (Sequence[float]): e.g. ``[1.0, 0.5, 1.5, 2.0]``.
         flip (bool): add the horizontal flip of every scale. Default: True.
         labels (Tensor, optional): (B, C) multi-hot, applied per view.
+        max_images_per_pass (int, optional): split the B (2B with flip)
+            views of a scale into forward passes of at most this many
+            images; bounds the memory and, on CPU, keeps the attention
+            tensors cache-sized. None: one pass per scale. The CAMs do not
+            depend on it (up to float rounding of batched kernels).
 
     Returns:
         Tensor: ``sum_cam`` (B, C, H, W), un-normalised.
     """
     _check(scales, images)
+    if max_images_per_pass is not None and (
+            isinstance(max_images_per_pass, bool)
+            or not isinstance(max_images_per_pass, int)
+            or max_images_per_pass < 1):
+        raise ValueError('max_images_per_pass must be None or an int >= 1, '
+                         f'got {max_images_per_pass!r}')
     B = images.shape[0]
     views: List[Tensor] = []
     flipped: List[bool] = []
     for scale in scales:
         x = resize_images(images, scale)
         batch = torch.cat([x, x.flip(dims=(-1, ))]) if flip else x
-        cams, _ = segmentor.raw_cams(batch)  # (B or 2B, C, h, w)
+        if max_images_per_pass is None or max_images_per_pass >= len(batch):
+            cams, _ = segmentor.raw_cams(batch)  # (B or 2B, C, h, w)
+        else:
+            cams = torch.cat([
+                segmentor.raw_cams(chunk)[0]
+                for chunk in batch.split(max_images_per_pass)
+            ])
         views.append(cams[:B])
         flipped.append(False)
         if flip:
