@@ -5,3 +5,4 @@ from .tscam import convert_tscam, tscam_model_cfg  # noqa: F401
 from .weaktr_gcd import convert_weaktr_gcd  # noqa: F401
 from .weaktr import convert_weaktr, weaktr_model_cfg  # noqa: F401
 from .transcam import convert_transcam, transcam_model_cfg  # noqa: F401
+from .stage1_encoder import stage1_encoder_to_vit  # noqa: F401
