@@ -1,4 +1,5 @@
-"""The bad-input table of docs/readme/reliability.md, one test per row:
+"""The README's bad-input table ("Reliable at scale", "Bad input"), one
+test per row:
 each bad input gives a clear error naming the file / id and the fix, or
 the documented handling."""
 import io

@@ -20,7 +20,7 @@ train_pipeline = [
     # stands in for torchvision ColorJitter(0.3, 0.3, 0.3, 0.1): same
     # ranges (hue 0.1 of the circle = 18 OpenCV units; brightness +-0.3 of
     # mid-grey ~ +-38), but mmseg applies each with p 0.5 and brightness is
-    # additive (see docs/readme/transcam.md)
+    # additive (see README, "TransCAM")
     dict(type='PhotoMetricDistortion', brightness_delta=38,
          contrast_range=(0.7, 1.3), saturation_range=(0.7, 1.3),
          hue_delta=18),

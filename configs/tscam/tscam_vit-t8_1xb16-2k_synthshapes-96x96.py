@@ -3,7 +3,7 @@
 # 2 CPU cores. SynthShapes images have 1-3 classes: multi-label loss.
 # Mostly a pipeline smoke test: from scratch, TS-CAM's semantic maps do not
 # localise; its CAMs reach 19.3 mIoU vs 14.5 all-background on the demo data
-# and do not beat it with 400 training images (docs/readme/tscam.md).
+# and do not beat it with 400 training images (README, "TS-CAM", "Synthetic run").
 _base_ = [
     '../_base_/models/tscam_deit-s16.py',
     '../_base_/datasets/synthshapes_cls.py', '../_base_/default_runtime.py',

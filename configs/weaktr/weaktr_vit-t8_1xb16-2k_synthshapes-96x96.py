@@ -7,7 +7,7 @@
 # attention is near-uniform with a few "sink" patches (no ImageNet DeiT
 # init), so PA @ CAM points at the sinks. Measured on SynthShapes (400 / 40
 # images, 1k iterations): refined 13.6 vs unrefined 34.3 CAM mIoU, all-
-# background 14.7 (docs/readme/weaktr_cam.md). The VOC config keeps it on.
+# background 14.7 (README, "WeakTr stage 1"). The VOC config keeps it on.
 _base_ = [
     '../_base_/models/weaktr_deit-s16.py',
     '../_base_/datasets/synthshapes_cls.py', '../_base_/default_runtime.py',

@@ -9,7 +9,7 @@ the box ``[x1, y1, x2, y2]`` (x along the width, exclusive end);
 ``[0, 0, 1, 1]`` when there is no contour. OpenCV is used for the contour
 steps, as in the original. These are functions, not an mmseg metric: box
 benchmarks need box annotations that mmseg's segmentation datasets do not
-carry (see docs/readme/tscam.md).
+carry (see README, "TS-CAM", "Configs").
 """
 from typing import List, Sequence, Tuple
 
