@@ -512,9 +512,9 @@ def test_configs(name, tmp_path):
     head, bb = cfg.model.decode_head, cfg.model.backbone
     loss = head.loss_decode
     assert head.type == 'WeakTrGCDHead' and loss.type == 'GradientClippingLoss'
-    # the paper's 1.2 on VOC (21 classes); scaled by ln(K) / ln(21) for the
-    # 6 synthetic classes
-    assert loss.start_value == (1.2 if name == 'voc' else 0.7)
+    # the paper's 1.2 on VOC; below the label entropy of the synthetic
+    # pseudo masks (0.41) for SynthShapes (measured, config comment)
+    assert loss.start_value == (1.2 if name == 'voc' else 0.3)
     crop = cfg.model.data_preprocessor.size
     assert crop[0] % loss.window_size == 0 and crop[1] % loss.window_size == 0
     assert crop[0] // loss.window_size == 4  # 4x4 windows, as 480 / 120
