@@ -32,10 +32,15 @@ STAGE1_CONFIGS = {
     'mctformer_plus':
     'configs/mctformer/mctformer-plus_vit-t8_1xb16-2k_synthshapes-96x96.py',
     'tscam': 'configs/tscam/tscam_vit-t8_1xb16-2k_synthshapes-96x96.py',
+    'tscam_1obj':
+    'configs/tscam/tscam_vit-t8_1xb16-2k_synthshapes-1obj-96x96.py',
     'transcam':
     'configs/transcam/transcam_conformer-t_1xb16-2k_synthshapes-96x96.py',
     'weaktr': 'configs/weaktr/weaktr_vit-t8_1xb16-2k_synthshapes-96x96.py',
 }
+# stage-1 choices that need another version of the data: (suffix of the data
+# root, make_synthetic_dataset.py options)
+STAGE1_DATA = {'tscam_1obj': ('_1obj', ['--max-objects', '1'])}
 STAGE2_CONFIG = 'configs/depict/depict-sa_vit-t8_1xb8-2k_synthshapes-96x96.py'
 STAGE2_PSEUDO_CONFIG = \
     'configs/depict/depict-sa_vit-t8_1xb8-2k_synthshapes-pseudo-96x96.py'
@@ -48,7 +53,9 @@ def parse_args(argv=None):
     parser.add_argument('--depict-only', action='store_true',
                         help='only train/test DEPICT on the real masks')
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--data-root', default='data/synthshapes')
+    parser.add_argument('--data-root', default='data/synthshapes',
+                        help="'_1obj' is appended for --stage1 tscam_1obj "
+                        '(one object per image)')
     parser.add_argument('--fast', action='store_true',
                         help='10x fewer iterations (smoke test)')
     return parser.parse_args(argv)
@@ -84,6 +91,10 @@ def main(argv=None):
     work = osp.abspath(args.work_dir)
     os.makedirs(work, exist_ok=True)
     data_root = osp.abspath(args.data_root)
+    suffix, data_args = ('', [])
+    if not args.depict_only:
+        suffix, data_args = STAGE1_DATA.get(args.stage1, ('', []))
+    data_root = data_root.rstrip('/') + suffix
     start = time.time()
     iters = []
     if args.fast:
@@ -93,7 +104,7 @@ def main(argv=None):
                 f'val_dataloader.dataset.data_root={data_root}',
                 f'test_dataloader.dataset.data_root={data_root}']
 
-    run(['tools/make_synthetic_dataset.py', '--out', data_root],
+    run(['tools/make_synthetic_dataset.py', '--out', data_root] + data_args,
         osp.join(work, 'make_data.log'))
     results = {}
     if args.depict_only:
