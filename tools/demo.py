@@ -10,7 +10,8 @@ Steps (each one is an ordinary tool call, printed before it runs):
 2. stage 1, ``tools/train.py``: the CAM model trained on image-level labels;
 3. ``tools/test.py``: CAM mIoU on val (background-threshold sweep, best t);
 4. ``tools/make_pseudo_labels.py --eval``: pseudo masks of the train split
-   (multi-scale + flip CAMs) and their mIoU against the real train masks;
+   (the config's TTA views: multi-scale + flip, or scale 1 + flip for
+   ``tscam_1obj``) and their mIoU against the real train masks;
 5. stage 2, ``tools/train.py``: DEPICT trained on the pseudo masks;
 6. ``tools/test.py``: stage-2 mIoU on val against the real masks;
 7. ``tools/visualize_cams.py``: CAM overlays of a few val images.
@@ -152,7 +153,7 @@ def main(argv=None):
         results[f'CAM mIoU (val, best bg threshold {cam.get("best_thr")})'] \
             = cam['mIoU']
         results['uniform-CAM reference mIoU (val)'] = cam.get('uniform_mIoU')
-        results['pseudo-label mIoU (train, multi-scale + flip)'] = \
+        results['pseudo-label mIoU (train, TTA views of the config)'] = \
             pseudo['mIoU']
         results['stage-2 DEPICT mIoU (val, real masks)'] = seg['mIoU']
         results['CAM overlays'] = vis_dir
