@@ -97,7 +97,7 @@ def test_bad_checkpoints_name_the_problem():
     conformer = build(TRANSCAM).state_dict()
     with pytest.raises(ValueError, match='Conformer'):
         stage1_encoder_to_vit({'state_dict': conformer})
-    with pytest.raises(ValueError, match='no backbone'):
+    with pytest.raises(ValueError, match='missing keys backbone'):
         stage1_encoder_to_vit({'state_dict': {'decode_head.w': torch.ones(1)}})
     state = build(MCT).state_dict()
     state['backbone.extra.weight'] = torch.ones(1)

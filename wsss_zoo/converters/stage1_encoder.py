@@ -55,9 +55,9 @@ def stage1_encoder_to_vit(checkpoint: dict) -> Tuple[OrderedDict, dict]:
         if k.startswith('backbone.'))
     if not backbone:
         raise ValueError(
-            'no backbone.* keys: expected a wsss_zoo stage-1 checkpoint '
-            '(work_dirs/<run>/iter_*.pth written by tools/train.py); got '
-            f'keys {list(state_dict)[:8]}')
+            'missing keys backbone.*: expected a wsss_zoo stage-1 '
+            'checkpoint (work_dirs/<run>/iter_*.pth written by '
+            f'tools/train.py); unexpected keys: {list(state_dict)[:8]}')
     needed = ('cls_token', 'pos_embed', 'patch_embed.proj.weight')
     missing = [f'backbone.{k}' for k in needed if k not in backbone]
     if missing:
