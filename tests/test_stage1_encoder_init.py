@@ -17,7 +17,8 @@ from wsss_zoo.converters import stage1_encoder_to_vit
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TSCAM = 'configs/tscam/tscam_vit-t8_1xb16-2k_synthshapes-96x96.py'
 MCT = 'configs/mctformer/mctformer-v2_vit-t8_1xb16-2k_synthshapes-96x96.py'
-TRANSCAM = 'configs/transcam/transcam_conformer-t_1xb16-2k_synthshapes-96x96.py'
+TRANSCAM = ('configs/transcam/'
+            'transcam_conformer-t_1xb16-2k_synthshapes-96x96.py')
 GCD = 'configs/weaktr/weaktr-gcd_vit-t8_1xb8-2k_synthshapes-96x96.py'
 
 

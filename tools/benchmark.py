@@ -17,8 +17,9 @@ randomly initialised; ``pretrained`` is ignored). Baselines:
   ``cam`` = multi-scale + flip CAMs (``--scales``/``--flip``, default the
   config's ``cam_scales`` and ``tta_pipeline`` flip), the views of a batch
   at one scale in passes of ``--cam-chunk`` images (default: all at once on
-  CUDA, 2 on CPU, the fastest there) vs. the original per-image, per-view loop (materialised
-  attention); the masks of both paths are compared and the result reported.
+  CUDA, 2 on CPU, the fastest there) vs. the original per-image, per-view
+  loop (materialised attention); the masks of both paths are compared and
+  the result reported.
 * ``DEPICTHead`` configs: the same model with mmseg's
   ``SegmenterMaskTransformerHead`` (same backbone, embed dims and depth):
   ``train``, ``infer`` (``test_step``), ``head`` (the decode head alone on

@@ -95,7 +95,7 @@ def main(argv=None):
     suffix, data_args = ('', [])
     if not args.depict_only:
         suffix, data_args = STAGE1_DATA.get(args.stage1, ('', []))
-    data_root = data_root.rstrip('/') + suffix
+    data_root += suffix
     start = time.time()
     iters = []
     if args.fast:

@@ -28,9 +28,9 @@
 # 0.7 -> 14.5 (all background), 0.45 -> 18.0, 0.35 -> 26.0, 0.3 -> 30.2;
 # with the stage-1 encoder init 0.7 -> 14.5, 0.35 -> 26.1, 0.3 -> 31.6, and
 # plain CE (start_value=0, never clips) 43.7 (31.1 from scratch): on this
-# data the clipping costs mIoU at every start value. Deviation: AdamW 3e-4 (1e-3 stayed at all
-# background with clipping) instead of SGD 1e-4, because the encoder starts
-# without ImageNet weights.
+# data the clipping costs mIoU at every start value. Deviation: AdamW 3e-4
+# (1e-3 stayed at all background with clipping) instead of SGD 1e-4, because
+# the encoder starts without ImageNet weights.
 _base_ = [
     '../_base_/datasets/synthshapes.py', '../_base_/default_runtime.py',
     '../_base_/schedules/synth_2k.py'

@@ -68,8 +68,9 @@ def stage1_encoder_to_vit(checkpoint: dict) -> Tuple[OrderedDict, dict]:
             "TransCAM's Conformer")
     cls_token, pos_embed = backbone['cls_token'], backbone['pos_embed']
     T = cls_token.shape[1]
-    if cls_token.dim() != 3 or pos_embed.dim() != 3 or \
-            pos_embed.shape[1] <= T or pos_embed.shape[2] != cls_token.shape[2]:
+    if (cls_token.dim() != 3 or pos_embed.dim() != 3
+            or pos_embed.shape[1] <= T
+            or pos_embed.shape[2] != cls_token.shape[2]):
         raise ValueError(
             f'backbone.cls_token {tuple(cls_token.shape)} and '
             f'backbone.pos_embed {tuple(pos_embed.shape)} do not fit '
