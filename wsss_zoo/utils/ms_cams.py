@@ -3,13 +3,15 @@
 The original CAM scripts (e.g. MCTformer ``engine.generate_attention_maps_ms``)
 loop over images and over views (``[s1, flip(s1), s2, flip(s2), ...]``) one
 forward pass at a time. :func:`batched_ms_cams` runs all views of a batch at
-one scale in ONE forward pass (the image and its flip stacked, 2B images);
+one scale in ONE forward pass (the image and its flip stacked, 2B images;
+``max_images_per_pass`` splits that pass, which is faster on CPU);
 :func:`per_image_ms_cams` is that original loop. Both take the raw CAMs from
-``CAMSegmentor.raw_cams`` and sum them with
-:func:`wsss_zoo.models.utils.cam.aggregate_views` (same view order, so the
-same float summation order), so they compute the same thing; only batching
-differs. :func:`cams_to_masks` normalises and thresholds as pseudo-label
-generation does.
+``CAMSegmentor.raw_cams`` and sum them in the view order of
+:func:`wsss_zoo.models.utils.cam.aggregate_views` (the batched path adds
+each scale's views to a running sum with ``add_view``, the same float
+summation), so they compute the same thing; only batching differs.
+:func:`cams_to_masks` normalises and thresholds as pseudo-label generation
+does.
 
 Images are resized on the device with bicubic ``F.interpolate`` to
 ``(round(H * s), round(W * s))`` (the original resizes PIL images with
@@ -21,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsss_zoo.models.utils.cam import (aggregate_views, cams_to_mask,
-                                       normalize_cams)
+from wsss_zoo.models.utils.cam import (add_view, aggregate_views,
+                                       cams_to_mask, normalize_cams)
 
 
 def scaled_size(size: Tuple[int, int], scale: float) -> Tuple[int, int]:
@@ -82,11 +84,12 @@ def batched_ms_cams(segmentor,
         raise ValueError('max_images_per_pass must be None or an int >= 1, '
                          f'got {max_images_per_pass!r}')
     B = images.shape[0]
-    views: List[Tensor] = []
-    flipped: List[bool] = []
+    size = images.shape[-2:]
+    total = None  # running sum in the view order [s1, flip(s1), s2, ...]
     for scale in scales:
         x = resize_images(images, scale)
         batch = torch.cat([x, x.flip(dims=(-1, ))]) if flip else x
+        del x
         if max_images_per_pass is None or max_images_per_pass >= len(batch):
             cams, _ = segmentor.raw_cams(batch)  # (B or 2B, C, h, w)
         else:
@@ -94,12 +97,11 @@ def batched_ms_cams(segmentor,
                 segmentor.raw_cams(chunk)[0]
                 for chunk in batch.split(max_images_per_pass)
             ])
-        views.append(cams[:B])
-        flipped.append(False)
+        del batch
+        total = add_view(total, cams[:B], False, size, labels)
         if flip:
-            views.append(cams[B:])
-            flipped.append(True)
-    return aggregate_views(views, flipped, images.shape[-2:], labels)
+            total = add_view(total, cams[B:], True, size, labels)
+    return total
 
 
 def per_image_ms_cams(segmentor,

@@ -72,13 +72,26 @@ def aggregate_views(view_cams: Sequence[Tensor],
         raise ValueError('aggregate_views needs at least one view')
     total = None
     for cams, flip in zip(view_cams, flipped):
-        cams = upsample_cams(cams, size)
-        if labels is not None:
-            cams = cams * labels.to(cams)[..., None, None]
-        if flip:
-            cams = cams.flip(dims=(-1, ))
-        total = cams if total is None else total + cams
+        total = add_view(total, cams, flip, size, labels)
     return total
+
+
+def add_view(total: Optional[Tensor], cams: Tensor, flipped: bool,
+             size: Tuple[int, int],
+             labels: Optional[Tensor] = None) -> Tensor:
+    """One step of :func:`aggregate_views`: ``total`` + one view.
+
+    The view (B, C, h, w) is resized to ``size``, masked by ``labels``,
+    flipped back when ``flipped``, and added to ``total`` (B, C, H, W);
+    ``total`` None starts the sum. Calling it view by view in the order of
+    :func:`aggregate_views` gives the same floats, without keeping the views.
+    """
+    cams = upsample_cams(cams, size)
+    if labels is not None:
+        cams = cams * labels.to(cams)[..., None, None]
+    if flipped:
+        cams = cams.flip(dims=(-1, ))
+    return cams if total is None else total + cams
 
 
 def cams_to_mask(norm_cams: Tensor, bg_thresh: float) -> Tensor:
@@ -97,5 +110,6 @@ def cams_to_mask(norm_cams: Tensor, bg_thresh: float) -> Tensor:
 
 
 __all__ = [
-    'upsample_cams', 'normalize_cams', 'aggregate_views', 'cams_to_mask'
+    'upsample_cams', 'normalize_cams', 'aggregate_views', 'add_view',
+    'cams_to_mask'
 ]
