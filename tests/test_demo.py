@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,3 +45,13 @@ def test_tscam_1obj_data_has_one_object_class_per_image(tmp_path):
         for p in (many / 'SegmentationClass').glob('*.png')
     ]
     assert max(counts) > 1
+
+
+def test_stage2_init_needs_a_vit_stage1(capsys):
+    demo = load('demo', 'tools/demo.py')
+    assert demo.parse_args([]).stage2_init == 'scratch'
+    assert demo.parse_args(['--stage2-init', 'stage1']).stage2_init == \
+        'stage1'
+    with pytest.raises(SystemExit):
+        demo.parse_args(['--stage1', 'transcam', '--stage2-init', 'stage1'])
+    assert 'Conformer' in capsys.readouterr().err

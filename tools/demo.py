@@ -2,6 +2,7 @@
 
     python tools/demo.py [--stage1 mctformer_v2] [--work-dir work_dirs/demo]
                          [--data-root data/synthshapes] [--fast]
+                         [--stage2-init {scratch,stage1}]
     python tools/demo.py --depict-only      # DEPICT on the real masks
 
 Steps (each one is an ordinary tool call, printed before it runs):
@@ -59,7 +60,17 @@ def parse_args(argv=None):
                         '(one object per image)')
     parser.add_argument('--fast', action='store_true',
                         help='10x fewer iterations (smoke test)')
-    return parser.parse_args(argv)
+    parser.add_argument(
+        '--stage2-init', choices=['scratch', 'stage1'], default='scratch',
+        help="stage-2 encoder: from scratch (default) or the stage-1 "
+        'encoder (tools/model_converters/stage1_to_vit.py; a stand-in for '
+        'the ImageNet weights the papers use; ViT stage-1 models only)')
+    args = parser.parse_args(argv)
+    if args.stage2_init == 'stage1' and args.stage1 == 'transcam':
+        parser.error("--stage2-init stage1 needs a ViT stage-1 encoder; "
+                     "TransCAM's Conformer cannot initialise the stage-2 "
+                     'ViT')
+    return args
 
 
 def run(cmd, log):
@@ -135,9 +146,16 @@ def main(argv=None):
              ], osp.join(work, 'pseudo_labels.log'))
         pseudo = last_metrics(osp.join(s1, 'pseudo'))
         s2 = osp.join(work, 'stage2_depict')
+        init = []
+        if args.stage2_init == 'stage1':
+            init_path = osp.join(work, 'stage2_init_vit.pth')
+            run(['tools/model_converters/stage1_to_vit.py', ckpt1,
+                 init_path], osp.join(work, 'stage2_init.log'))
+            init = ['model.backbone.init_cfg.type=Pretrained',
+                    f'model.backbone.init_cfg.checkpoint={init_path}']
         run(['tools/train.py', STAGE2_PSEUDO_CONFIG, '--work-dir', s2,
              '--cfg-options'] + data_opt + iters +
-            [f'pseudo_label_dir={pseudo_dir}'],
+            [f'pseudo_label_dir={pseudo_dir}'] + init,
             osp.join(work, 'stage2_train.log'))
         run(['tools/test.py', STAGE2_PSEUDO_CONFIG, checkpoint_of(s2),
              '--work-dir', osp.join(s2, 'test'), '--cfg-options'] + data_opt,
@@ -155,7 +173,8 @@ def main(argv=None):
         results['uniform-CAM reference mIoU (val)'] = cam.get('uniform_mIoU')
         results['pseudo-label mIoU (train, TTA views of the config)'] = \
             pseudo['mIoU']
-        results['stage-2 DEPICT mIoU (val, real masks)'] = seg['mIoU']
+        results[f'stage-2 DEPICT mIoU (val, real masks; encoder from '
+                f'{args.stage2_init})'] = seg['mIoU']
         results['CAM overlays'] = vis_dir
     print('\n==== wsss_zoo demo results ====')
     for key, value in results.items():
