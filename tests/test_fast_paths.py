@@ -154,11 +154,9 @@ def test_fused_training_matches_materialized(config, sdpa_calls):
     assert sdpa_calls[0] - before == fused_calls
 
 
-@pytest.mark.parametrize('config', STAGE1)
-def test_batched_ms_cams_match_per_image_loop(config):
-    model = build_stage1(config).eval()
-    images, labels, _ = stage1_batch(model, seed=1)
-    scales = SCALES
+def record_raw_cams_passes(model):
+    """Wrap ``model.raw_cams`` so that every call appends its batch size
+    to the returned list."""
     calls = []
     raw_cams = model.raw_cams
 
@@ -167,6 +165,15 @@ def test_batched_ms_cams_match_per_image_loop(config):
         return raw_cams(x)
 
     model.raw_cams = counting_raw_cams
+    return calls
+
+
+@pytest.mark.parametrize('config', STAGE1)
+def test_batched_ms_cams_match_per_image_loop(config):
+    model = build_stage1(config).eval()
+    images, labels, _ = stage1_batch(model, seed=1)
+    scales = SCALES
+    calls = record_raw_cams_passes(model)
     with torch.no_grad():
         fast = batched_ms_cams(model, images, scales, True, labels)
         n_fast = list(calls)
@@ -197,14 +204,7 @@ def test_chunked_passes_give_the_same_cams(config):
     at most that many images; the CAM sum is the one-pass sum."""
     model = build_stage1(config).eval()
     images, labels, _ = stage1_batch(model, seed=3)
-    calls = []
-    raw_cams = model.raw_cams
-
-    def counting_raw_cams(x):
-        calls.append(x.shape[0])
-        return raw_cams(x)
-
-    model.raw_cams = counting_raw_cams
+    calls = record_raw_cams_passes(model)
     with torch.no_grad():
         whole = batched_ms_cams(model, images, SCALES, True, labels)
         calls.clear()
