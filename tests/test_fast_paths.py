@@ -1,7 +1,8 @@
 """The fast paths compute what the baseline (original-code) paths compute.
 
 * Training: fused attention (no map built where the loss does not need it)
-  vs. attention materialised in every layer (``materialize_all_attention``,
+  and MLPs that recompute their GELU output in backward vs. attention
+  materialised in every layer and MLPs that keep it (``original_code_paths``,
   what the original research code does): same losses and parameter
   gradients. Run for every stage-1 (``CAMSegmentor``) SynthShapes config in
   ``configs/`` (MCTformer V1 / V2 / + and any stage-1 method ported later),
@@ -30,7 +31,9 @@ from timm.models.vision_transformer import Block
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from wsss_zoo.models.utils.attention import (CaptureAttention,
-                                             materialize_all_attention)
+                                             materialize_all_attention,
+                                             original_code_paths)
+from wsss_zoo.models.utils.mlp import LeanMlp
 from wsss_zoo.utils.benchmark import random_img_labels
 from wsss_zoo.utils.ms_cams import (batched_ms_cams, cams_to_masks,
                                     compare_masks, per_image_ms_cams)
@@ -127,11 +130,15 @@ def test_fused_training_matches_materialized(config, sdpa_calls):
     model = build_stage1(config)
     train_mode_without_dropout(model)
     images, _, samples = stage1_batch(model)
+    lean_mlps = [m for m in model.modules() if isinstance(m, LeanMlp)]
+    assert lean_mlps and all(m.recompute_act for m in lean_mlps)
     loss_f, logs_f, grads_f = loss_and_grads(model, images, samples)
     fused_calls = sdpa_calls[0]
-    with materialize_all_attention(model) as switched:
+    with original_code_paths(model) as switched:
+        assert not any(m.recompute_act for m in lean_mlps)
         loss_m, logs_m, grads_m = loss_and_grads(model, images, samples)
     assert switched > 0
+    assert all(m.recompute_act for m in lean_mlps)
     # the baseline built every map explicitly (no SDPA call) ...
     assert sdpa_calls[0] == fused_calls
     # ... the fast path fused every layer whose map the loss does not need

@@ -13,7 +13,8 @@ Inputs are synthetic random tensors of ``--shape`` (default: the config's
 randomly initialised; ``pretrained`` is ignored). Baselines:
 
 * ``CAMSegmentor`` configs: ``train`` = the same model with attention
-  materialised in every layer (the original research code);
+  materialised in every layer and MLPs that keep their GELU output for
+  backward (``original_code_paths``: the original research code);
   ``cam`` = multi-scale + flip CAMs (``--scales``/``--flip``, default the
   config's ``cam_scales`` and ``tta_pipeline`` flip), the views of a batch
   at one scale in passes of ``--cam-chunk`` images (default: all at once on
@@ -223,7 +224,8 @@ def run(args) -> dict:
     rows = result['rows']
     if kind == 'stage1':
         result['baseline'] = ('same model, attention materialised in every '
-                              'layer; CAMs per image and per view')
+                              'layer, MLPs keep their GELU output; CAMs per '
+                              'image and per view')
         if 'train' in tasks:
             ow = build_optim_wrapper(
                 model, optim_wrapper_cfg(cfg.optim_wrapper, args.amp))

@@ -4,8 +4,9 @@ parameter counts, each next to a baseline measured in the same run.
 Baselines:
 
 * stage 1 (``CAMSegmentor``): the same model with attention materialised in
-  every layer (:func:`materialize_all_attention`, what the original research
-  code does), and for CAMs the original per-image, per-view loop
+  every layer and MLPs that keep their GELU output
+  (:func:`original_code_paths`, what the original research code does), and
+  for CAMs the original per-image, per-view loop
   (:func:`per_image_ms_cams`) against the batched multi-scale + flip path
   (:func:`batched_ms_cams`);
 * ``DEPICTHead``: mmseg's ``SegmenterMaskTransformerHead`` on the same
@@ -33,7 +34,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from wsss_zoo.models.utils.attention import materialize_all_attention
+from wsss_zoo.models.utils.attention import original_code_paths
 from .ms_cams import (batched_ms_cams, cams_to_masks, compare_masks,
                       per_image_ms_cams)
 
@@ -329,7 +330,7 @@ def bench_train(model, optim_wrapper, data, device, warmup, iters, repeat,
     Args:
         model, optim_wrapper, data: the fast path.
         baseline (str | None): 'materialized' (same model inside
-            :func:`materialize_all_attention`), 'model' (another model with
+            :func:`original_code_paths`), 'model' (another model with
             its own optim wrapper and data) or None.
     """
     model.train()
@@ -340,7 +341,7 @@ def bench_train(model, optim_wrapper, data, device, warmup, iters, repeat,
     if baseline == 'materialized':
 
         def base_step():
-            with materialize_all_attention(model):
+            with original_code_paths(model):
                 return step(data, optim_wrapper)
 
         fns['baseline'] = base_step
@@ -415,7 +416,7 @@ def bench_cam(model, images: Tensor, labels: Tensor, scales, flip: bool,
 
     def baseline():
         with torch.no_grad(), autocast_ctx(device, amp), \
-                materialize_all_attention(model):
+                original_code_paths(model):
             out['baseline'] = cams_to_masks(
                 per_image_ms_cams(model, images, scales, flip, labels),
                 labels, bg_thresh)

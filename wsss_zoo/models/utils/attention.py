@@ -13,8 +13,11 @@ MCTformer and TS-CAM ViTs, so their checkpoints map 1:1.
 from contextlib import contextmanager
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+import torch.nn.functional as F
 from timm.models.vision_transformer import Attention, Block
 from torch import Tensor, nn
+
+from .mlp import LeanMlp, keep_mlp_activations
 
 
 class CaptureAttention(Attention):
@@ -82,15 +85,95 @@ class CaptureBlock(Block):
     """timm pre-norm ``Block`` built on :class:`CaptureAttention`.
 
     ``x + drop_path(attn(norm1(x)))`` then ``x + drop_path(mlp(norm2(x)))``
-    (exact GELU), as timm's / DeiT's block. Args: as timm's ``Block``.
+    (exact GELU), as timm's / DeiT's block. The MLP is a
+    :class:`~wsss_zoo.models.utils.mlp.LeanMlp` (timm's ``Mlp`` that
+    recomputes its GELU output in backward instead of keeping it).
+    Args: as timm's ``Block``.
     """
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault('attn_layer', CaptureAttention)
+        kwargs.setdefault('mlp_layer', LeanMlp)
         super().__init__(*args, **kwargs)
         if not isinstance(self.attn, CaptureAttention):
             raise TypeError('CaptureBlock needs a CaptureAttention '
                             f'attn_layer, got {type(self.attn).__name__}')
+
+
+def _same_view(a: Tensor, b: Tensor) -> bool:
+    """Whether two tensors view the same memory the same way (mmcv passes
+    self-attention's query / key / value as separate transposed views)."""
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape
+                      and a.stride() == b.stride() and a.dtype == b.dtype)
+
+
+class SegmenterSelfAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` computing self-attention as Segmenter's ViT
+    (and WeakTr's / DEPICT's copies of it) does.
+
+    mmcv's ``MultiheadAttention`` brick (used by mmseg's ``VisionTransformer``
+    and ``SegmenterMaskTransformerHead``) calls torch's module with
+    ``need_weights=True``: an explicit map ``softmax((q * scale) k^T)`` plus
+    a head-averaged copy that mmcv throws away. Segmenter computes
+    ``softmax((q k^T) * scale)``; the two round differently when ``scale =
+    head_dim^-0.5`` is not a power of two (e.g. head_dim 32). Here:
+
+    * ``fused_attn = True`` (default): ``F.scaled_dot_product_attention``;
+    * ``fused_attn = False`` (:func:`materialize_all_attention`, the parity
+      tests): the explicit map in Segmenter's order, bit-identical to it.
+
+    Same parameters and names as torch's module (``in_proj_weight``,
+    ``in_proj_bias``, ``out_proj``), so checkpoints and converters are
+    unchanged. Inputs (N, B, D) as mmcv passes them (``batch_first=False``);
+    returns ``(out (N, B, D), None)``. Anything else (masks, cross-attention,
+    ``batch_first``, separate q/k/v weights, bias_k / zero-attn) goes to
+    torch's implementation.
+    """
+
+    fused_attn = True
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> int:
+        """Turn every plain ``nn.MultiheadAttention`` inside ``module`` into
+        this class in place (parameters, buffers and hooks are kept).
+
+        Returns:
+            int: how many were converted.
+        """
+        n = 0
+        for m in module.modules():
+            if type(m) is nn.MultiheadAttention:
+                m.__class__ = cls
+                n += 1
+        return n
+
+    def forward(self, query, key, value, key_padding_mask=None,
+                need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if (not (_same_view(query, key) and _same_view(key, value))
+                or self.batch_first
+                or key_padding_mask is not None or attn_mask is not None
+                or is_causal or not self._qkv_same_embed_dim
+                or self.bias_k is not None or self.add_zero_attn
+                or query.dim() != 3):
+            return super().forward(
+                query, key, value, key_padding_mask=key_padding_mask,
+                need_weights=need_weights, attn_mask=attn_mask,
+                average_attn_weights=average_attn_weights,
+                is_causal=is_causal)
+        N, B, D = query.shape
+        H, hd = self.num_heads, self.head_dim
+        qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
+        # (N, B, 3D) -> 3 x (B, H, N, hd)
+        q, k, v = qkv.reshape(N, B, 3, H, hd).permute(2, 1, 3, 0, 4).unbind(0)
+        p = self.dropout if self.training else 0.0
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            attn = ((q @ k.transpose(-2, -1)) * hd**-0.5).softmax(dim=-1)
+            x = F.dropout(attn, p=p) @ v
+        x = x.permute(2, 0, 1, 3).reshape(N, B, D)  # (N, B, H*hd)
+        return self.out_proj(x), None
 
 
 def normalize_layer_indices(layers: Optional[Iterable[int]],
@@ -211,13 +294,31 @@ def keep_head_mean_attention(model: nn.Module, enabled: bool = True):
             m.keep_head_mean = value
 
 
+@contextmanager
+def original_code_paths(model: nn.Module):
+    """Every fast path of ``model`` off: the original research code's way.
+
+    :func:`materialize_all_attention` (explicit softmax map in every layer)
+    and :func:`~wsss_zoo.models.utils.mlp.keep_mlp_activations` (MLPs keep
+    their GELU output for backward). The baseline of ``tools/benchmark.py``
+    and of the fast-path equivalence tests. Flags are restored on exit.
+
+    Yields:
+        int: the number of attention modules switched.
+    """
+    with materialize_all_attention(model) as switched, \
+            keep_mlp_activations(model):
+        yield switched
+
+
 def head_mean(attn: Tensor) -> Tensor:
     """Average a (B, heads, N, N) map over heads -> (B, N, N)."""
     return attn.mean(dim=1)
 
 
 __all__ = [
-    'CaptureAttention', 'CaptureBlock', 'normalize_layer_indices',
+    'CaptureAttention', 'CaptureBlock', 'SegmenterSelfAttention',
+    'normalize_layer_indices',
     'run_blocks', 'head_mean', 'materialize_all_attention',
-    'keep_head_mean_attention'
+    'keep_head_mean_attention', 'original_code_paths'
 ]
