@@ -49,7 +49,7 @@ def test_config_parses_with_parity_settings(path):
     embed_dims, heads, layers = WIDTH[size]
     bb, head = cfg.model.backbone, cfg.model.decode_head
     assert cfg.custom_imports.imports == ['wsss_zoo']
-    assert (bb.type, head.type, head.mode) == ('VisionTransformer',
+    assert (bb.type, head.type, head.mode) == ('SegmenterVisionTransformer',
                                                'DEPICTHead', mode)
     assert (bb.embed_dims, bb.num_heads, bb.num_layers) == (embed_dims, heads,
                                                             layers)

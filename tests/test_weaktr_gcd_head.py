@@ -58,7 +58,7 @@ def build_segmentor(num_layers=2, window=16, start_value=1.2, **head):
         dict(
             type='EncoderDecoder',
             backbone=dict(
-                type='VisionTransformer',
+                type='SegmenterVisionTransformer',
                 img_size=(32, 32),
                 patch_size=P,
                 embed_dims=D,

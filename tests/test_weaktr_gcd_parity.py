@@ -2,9 +2,10 @@
 produced by the official ``OnlineRetraining/segm`` code.
 
 Every case rebuilds the official Segmenter as mmseg
-``EncoderDecoder(VisionTransformer, WeakTrGCDHead)`` from the fixture's
-constructor kwargs, converts the official state_dict and loads it strictly,
-then compares: decoder masks, Segmenter logits (``seg_pred``), per-pixel CE,
+``EncoderDecoder(SegmenterVisionTransformer, WeakTrGCDHead)`` from the
+fixture's constructor kwargs, converts the official state_dict and loads it
+strictly, switches attention to its explicit path (the original's op order;
+the default fused path is checked against it separately), then compares: decoder masks, Segmenter logits (``seg_pred``), per-pixel CE,
 the clipping statistics (global mean, window means, thresholds), the clip
 mask (EXACT), the clipped loss map, the back-propagated loss through mmseg's
 ``model.loss`` and its gradients (w.r.t. ``seg_pred``, the decoder masks and
@@ -25,6 +26,7 @@ from wsss_zoo.converters.weaktr_gcd import (convert_weaktr_gcd,
                                             load_state_dict_strict)
 from wsss_zoo.models.losses.gradient_clipping_loss import \
     gradient_clip_loss_map
+from wsss_zoo.models.utils.attention import SegmenterSelfAttention
 
 CASES = golden_params('weaktr_gcd')
 
@@ -55,7 +57,7 @@ class _Checker:
         assert not self.failures, '\n'.join(self.failures)
 
 
-def _build(case, start_value):
+def _build(case, start_value, fused=False):
     enc = case['constructor']['encoder']['kwargs']
     dec = case['constructor']['decoder']['kwargs']
     window = case['inputs']['gc_patch_size']
@@ -66,7 +68,7 @@ def _build(case, start_value):
         dict(
             type='EncoderDecoder',
             backbone=dict(
-                type='VisionTransformer',
+                type='SegmenterVisionTransformer',
                 img_size=tuple(enc['image_size']),
                 patch_size=enc['patch_size'],
                 in_channels=enc.get('channels', 3),
@@ -108,6 +110,11 @@ def _build(case, start_value):
     assert info['decode_head']['num_layers'] == dec['n_layers']
     assert info['backbone']['patch_size'] == enc['patch_size']
     load_state_dict_strict(model, state_dict)
+    attn = [m for m in model.modules()
+            if isinstance(m, SegmenterSelfAttention)]
+    assert len(attn) == enc['n_layers'] + dec['n_layers']
+    for m in attn:
+        m.fused_attn = fused
     # dropout / drop-path are 0 in the fixture: train mode == eval mode;
     # train mode is what the loss runs in
     return model.train()
@@ -270,3 +277,31 @@ def test_weaktr_gcd_parity(case_file):
     assert set(clip) <= compared_clip, set(clip) - compared_clip
     assert set(noclip) <= {'loss', 'grad_seg_pred_maxabs'}
     check.assert_ok()
+
+
+@pytest.mark.parametrize('case_file', CASES)
+def test_weaktr_gcd_fused_attention_matches_explicit(case_file, monkeypatch):
+    """The default (fused SDPA, one call per layer) attention gives the
+    explicit path's logits, loss and gradients up to float rounding."""
+    case = load_case(case_file)
+    inputs = case['inputs']
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, 'scaled_dot_product_attention',
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    n_layers = sum(case['constructor'][part]['kwargs']['n_layers']
+                   for part in ('encoder', 'decoder'))
+    out = {}
+    for fused in (False, True):
+        model = _build(case, inputs['start_value_clip'], fused=fused)
+        image = inputs['image'].clone().requires_grad_(True)
+        calls.clear()
+        _, loss, store = _loss_with_grads(model, image, _samples(case))
+        assert len(calls) == (n_layers if fused else 0)
+        out[fused] = dict(seg_pred=store['seg_pred'].detach(), loss=loss,
+                          grad_image=image.grad,
+                          grad_seg_pred=store['seg_pred'].grad)
+    for name in out[False]:
+        err = rel_err(out[True][name], out[False][name])
+        assert err < 1e-4, f'{name}: fused vs explicit {err:.2e}'
+

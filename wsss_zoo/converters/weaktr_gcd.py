@@ -273,7 +273,7 @@ def config_hints(info: dict) -> Dict[str, dict]:
         if 'decode_head' in hints:
             hints['decode_head']['patch_size'] = bb['patch_size']
         hints['backbone'] = dict(
-            type='VisionTransformer',
+            type='SegmenterVisionTransformer',
             img_size=bb['img_size'],
             patch_size=bb['patch_size'],
             embed_dims=bb['embed_dims'],

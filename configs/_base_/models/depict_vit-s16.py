@@ -1,5 +1,7 @@
 # DEPICT (QishuaiWen/DEPICT, NeurIPS 2024) on a ViT-S/16 encoder, hosted as
-# mmseg EncoderDecoder(VisionTransformer, DEPICTHead). The backbone settings
+# mmseg EncoderDecoder(SegmenterVisionTransformer, DEPICTHead): mmseg's ViT
+# with Segmenter's attention (wsss_zoo/models/backbones/segmenter_vit.py;
+# same keys as mmseg's VisionTransformer). The backbone settings
 # reproduce Segmenter's encoder (the host of the original code), so converted
 # official checkpoints (tools/model_converters/depict2mmseg.py) load and give
 # the original outputs: patch embedding WITH bias, LayerNorm eps 1e-5,
@@ -31,7 +33,7 @@ model = dict(
     data_preprocessor=data_preprocessor,
     pretrained=None,  # local path to vit_small_p16_384_*.pth, see above
     backbone=dict(
-        type='VisionTransformer',
+        type='SegmenterVisionTransformer',
         img_size=(512, 512),
         patch_size=16,
         in_channels=3,

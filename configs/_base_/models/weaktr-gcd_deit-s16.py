@@ -1,8 +1,9 @@
 # WeakTr stage 2 ("online retraining", hustvl/WeakTr OnlineRetraining/segm):
 # Segmenter = DeiT-S/16 encoder + 2-layer mask transformer decoder trained
 # with the gradient-clipping CE, hosted as mmseg
-# EncoderDecoder(VisionTransformer, WeakTrGCDHead). The backbone settings
-# reproduce Segmenter's encoder, so converted official checkpoints
+# EncoderDecoder(SegmenterVisionTransformer, WeakTrGCDHead): mmseg's ViT with
+# Segmenter's attention (wsss_zoo/models/backbones/segmenter_vit.py). The
+# backbone settings reproduce Segmenter's encoder, so converted official checkpoints
 # (tools/model_converters/weaktr_gcd2mmseg.py) load strictly and give the
 # original outputs: patch embedding WITH bias, LayerNorm eps 1e-5, bilinear
 # position-embedding resizing, final LayerNorm before the decoder.
@@ -30,7 +31,7 @@ model = dict(
     data_preprocessor=data_preprocessor,
     pretrained=None,  # local converted DeiT-S checkpoint, see above
     backbone=dict(
-        type='VisionTransformer',
+        type='SegmenterVisionTransformer',
         img_size=(480, 480),  # the crop: pos_embed (1, 1 + 30 * 30, 384)
         patch_size=16,
         in_channels=3,

@@ -25,6 +25,8 @@ from mmseg.models.decode_heads.segmenter_mask_head import \
 from mmseg.registry import MODELS
 from mmseg.utils import ConfigType, SampleList
 
+from ..utils.attention import SegmenterSelfAttention
+
 
 @MODELS.register_module()
 class WeakTrGCDHead(SegmenterMaskTransformerHead):
@@ -54,7 +56,10 @@ class WeakTrGCDHead(SegmenterMaskTransformerHead):
     after merging the sliding windows and resizing to the image, so with
     overlapping windows or a final resize the result differs slightly.
 
-    Differences from mmseg's parent, for parity: the default dropout is the
+    Differences from mmseg's parent, for parity: the attention layers are
+    :class:`~wsss_zoo.models.utils.attention.SegmenterSelfAttention` (fused
+    SDPA; explicit in the original's op order under
+    ``materialize_all_attention``); the default dropout is the
     original's 0.1 (attention, projection and MLP), drop-path 0, and
     ``init_weights`` draws the original initialisation (``patch_proj`` /
     ``classes_proj`` ~ N(0, 1/D), Linear layers incl. the attention
@@ -152,6 +157,9 @@ class WeakTrGCDHead(SegmenterMaskTransformerHead):
         self.embed_dims = embed_dims
         self.patch_size = patch_size
         self.test_mix_weight = test_mix_weight
+        # Segmenter's attention (fused, or its exact op order when
+        # materialised), same parameters as mmseg's layers
+        SegmenterSelfAttention.convert(self.layers)
 
     def init_weights(self):
         """The original initialisation, then ``init_cfg`` if one is given.
