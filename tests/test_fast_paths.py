@@ -207,19 +207,33 @@ def test_batched_ms_cams_match_per_image_loop(config):
 
 @pytest.mark.parametrize('config', STAGE1[:1])
 def test_chunked_passes_give_the_same_cams(config):
-    """``max_images_per_pass`` splits each scale's 2B views into passes of
-    at most that many images; the CAM sum is the one-pass sum."""
+    """``max_images_per_pass`` = N takes the batch in chunks of N // 2
+    images (their flips in the same pass), each chunk through every scale
+    before the next; N = 1 splits image and flip. The CAM sum is the
+    one-pass sum."""
     model = build_stage1(config).eval()
     images, labels, _ = stage1_batch(model, seed=3)
+    images, labels = torch.cat([images] * 2), torch.cat([labels] * 2)
+    n = images.shape[0]  # 4 images
     calls = record_raw_cams_passes(model)
     with torch.no_grad():
         whole = batched_ms_cams(model, images, SCALES, True, labels)
+        assert calls == [2 * n] * len(SCALES)
+        for limit, passes in ((3, [2] * (n * len(SCALES))),
+                              (4, [4] * (n // 2 * len(SCALES))),
+                              (6, [6] * len(SCALES) + [2] * len(SCALES)),
+                              (1, [1] * (2 * n * len(SCALES)))):
+            calls.clear()
+            chunked = batched_ms_cams(model, images, SCALES, True, labels,
+                                      max_images_per_pass=limit)
+            assert calls == passes, limit
+            assert rel_err(chunked, whole) < 1e-5, limit
         calls.clear()
-        chunked = batched_ms_cams(model, images, SCALES, True, labels,
+        no_flip = batched_ms_cams(model, images, SCALES, False, labels,
                                   max_images_per_pass=3)
-    per_scale = [3] * (2 * B // 3) + ([2 * B % 3] if 2 * B % 3 else [])
-    assert calls == per_scale * len(SCALES)
-    assert rel_err(chunked, whole) < 1e-5
+        assert calls == [3] * len(SCALES) + [1] * len(SCALES)
+        assert rel_err(no_flip, batched_ms_cams(model, images, SCALES,
+                                                False, labels)) < 1e-5
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match='max_images_per_pass'):
             batched_ms_cams(model, images, SCALES, True, labels, bad)

@@ -4,7 +4,8 @@ The original CAM scripts (e.g. MCTformer ``engine.generate_attention_maps_ms``)
 loop over images and over views (``[s1, flip(s1), s2, flip(s2), ...]``) one
 forward pass at a time. :func:`batched_ms_cams` runs all views of a batch at
 one scale in ONE forward pass (the image and its flip stacked, 2B images;
-``max_images_per_pass`` splits that pass, which is faster on CPU);
+``max_images_per_pass`` takes the batch in chunks instead, which bounds the
+memory and is faster on CPU);
 :func:`per_image_ms_cams` is that original loop. Both take the raw CAMs from
 ``CAMSegmentor.raw_cams`` and sum them in the view order of
 :func:`wsss_zoo.models.utils.cam.aggregate_views` (the batched path adds
@@ -67,11 +68,15 @@ def batched_ms_cams(segmentor,
         scales (Sequence[float]): e.g. ``[1.0, 0.5, 1.5, 2.0]``.
         flip (bool): add the horizontal flip of every scale. Default: True.
         labels (Tensor, optional): (B, C) multi-hot, applied per view.
-        max_images_per_pass (int, optional): split the B (2B with flip)
-            views of a scale into forward passes of at most this many
-            images; bounds the memory and, on CPU, keeps the attention
-            tensors cache-sized. None: one pass per scale. The CAMs do not
-            depend on it (up to float rounding of batched kernels).
+        max_images_per_pass (int, optional): at most this many images per
+            forward pass. The batch is then taken in chunks of
+            ``N // 2`` images (``N`` without flip), each chunk through
+            every scale (its views and their flips in one pass) before the
+            next, so only one chunk's resized images and CAMs are alive at
+            a time; on CPU this also keeps the attention tensors
+            cache-sized. None: the whole batch in one pass per scale. The
+            CAMs do not depend on it (up to float rounding of batched
+            kernels).
 
     Returns:
         Tensor: ``sum_cam`` (B, C, H, W), un-normalised.
@@ -83,6 +88,26 @@ def batched_ms_cams(segmentor,
             or max_images_per_pass < 1):
         raise ValueError('max_images_per_pass must be None or an int >= 1, '
                          f'got {max_images_per_pass!r}')
+    if max_images_per_pass is None:
+        return _ms_cams_per_scale(segmentor, images, scales, flip, labels,
+                                  None)
+    per_chunk = max(1, max_images_per_pass // (2 if flip else 1))
+    out = []
+    for start in range(0, images.shape[0], per_chunk):
+        end = start + per_chunk
+        out.append(
+            _ms_cams_per_scale(segmentor, images[start:end], scales, flip,
+                               None if labels is None else labels[start:end],
+                               max_images_per_pass))
+    return torch.cat(out)
+
+
+def _ms_cams_per_scale(segmentor, images: Tensor, scales: Sequence[float],
+                       flip: bool, labels: Optional[Tensor],
+                       max_images_per_pass: Optional[int]) -> Tensor:
+    """:func:`batched_ms_cams` of one chunk: per scale the chunk and its
+    flip (2B images) in one pass, split further only when 2B is above
+    ``max_images_per_pass`` (a limit of 1 with flip)."""
     B = images.shape[0]
     size = images.shape[-2:]
     total = None  # running sum in the view order [s1, flip(s1), s2, ...]
