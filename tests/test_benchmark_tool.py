@@ -129,3 +129,27 @@ def test_bad_options_name_the_fix(args, match, capsys):
         tool.main([str(REPO_ROOT / a) if a == MCT else a for a in args])
     assert exc.value.code != 0
     assert match in str(exc.value.code) + capsys.readouterr().err
+
+
+def test_benchmark_targets_script_quick_run(tmp_path):
+    """tools/benchmark_targets.sh (every README speed target in one run)
+    works end to end in its quick CPU mode: one JSON per row, each with its
+    baseline, and a summary; exit status 0."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1',
+               PYTHON=sys.executable)
+    proc = subprocess.run(
+        ['bash', 'tools/benchmark_targets.sh', str(tmp_path), 'cpu', 'quick'],
+        cwd=REPO_ROOT, env=env, text=True, capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tasks = {}
+    for name in ('train_v2', 'train_v1', 'cam_v2', 'depict'):
+        res = json.loads((tmp_path / f'{name}.json').read_text())
+        tasks[name] = [row['task'] for row in res['rows']]
+        for row in res['rows']:
+            check_row(row)
+    assert tasks == dict(train_v2=['train'], train_v1=['train'],
+                         cam_v2=['cam'],
+                         depict=['train', 'infer', 'head_train',
+                                 'head_infer'])
+    summary = (tmp_path / 'summary.txt').read_text()
+    assert 'FAILED' not in summary and summary.count('speed-up') == 4
