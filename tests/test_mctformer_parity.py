@@ -267,7 +267,7 @@ def test_mct_parity_pos_embed_rule(path):
     version = VERSION_OF[case['constructor']['class']]
     sd = case['state_dict']
     C = sd['cls_token'].shape[1]
-    patch = 16
+    patch = case['constructor']['kwargs'].get('patch_size', 16)
     checks = case['checks']
     recorded = checks['pos_embed_official_vs_size_based_bicubic_max_abs']
     for name, x in case['inputs']['cam']['images'].items():
