@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Attention, Block
 from torch import Tensor, nn
 
+from .flags import set_module_flag
 from .mlp import LeanMlp, keep_mlp_activations
 
 
@@ -252,19 +253,14 @@ def materialize_all_attention(model: nn.Module):
     Yields:
         int: the number of attention modules switched.
     """
-    saved = []
-    for m in model.modules():
-        if isinstance(m, CaptureAttention):
-            saved.append((m, 'materialize', m.materialize))
-            m.materialize = True
-        elif isinstance(getattr(m, 'fused_attn', None), bool):
-            saved.append((m, 'fused_attn', m.fused_attn))
-            m.fused_attn = False
-    try:
-        yield len(saved)
-    finally:
-        for m, name, value in saved:
-            setattr(m, name, value)
+    capture = [m for m in model.modules() if isinstance(m, CaptureAttention)]
+    other = [
+        m for m in model.modules() if not isinstance(m, CaptureAttention)
+        and isinstance(getattr(m, 'fused_attn', None), bool)
+    ]
+    with set_module_flag(capture, 'materialize', True) as n1, \
+            set_module_flag(other, 'fused_attn', False) as n2:
+        yield n1 + n2
 
 
 @contextmanager
@@ -281,17 +277,10 @@ def keep_head_mean_attention(model: nn.Module, enabled: bool = True):
         model (nn.Module): any module tree.
         enabled (bool): False: do nothing (a no-op context).
     """
-    saved = []
-    if enabled:
-        for m in model.modules():
-            if isinstance(m, CaptureAttention):
-                saved.append((m, m.keep_head_mean))
-                m.keep_head_mean = True
-    try:
-        yield len(saved)
-    finally:
-        for m, value in saved:
-            m.keep_head_mean = value
+    capture = [m for m in model.modules()
+               if enabled and isinstance(m, CaptureAttention)]
+    with set_module_flag(capture, 'keep_head_mean', True) as n:
+        yield n
 
 
 @contextmanager

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor, nn
 
+from .flags import set_module_flag
+
 
 class _GeluLinear(torch.autograd.Function):
     """``F.linear(gelu(h), weight, bias)`` saving ``h`` but not ``gelu(h)``.
@@ -91,15 +93,9 @@ def keep_mlp_activations(model: nn.Module):
     Yields:
         int: the number of MLPs switched.
     """
-    saved = [(m, m.recompute_act) for m in model.modules()
-             if isinstance(m, LeanMlp)]
-    for m, _ in saved:
-        m.recompute_act = False
-    try:
-        yield len(saved)
-    finally:
-        for m, value in saved:
-            m.recompute_act = value
+    mlps = [m for m in model.modules() if isinstance(m, LeanMlp)]
+    with set_module_flag(mlps, 'recompute_act', False) as n:
+        yield n
 
 
 __all__ = ['LeanMlp', 'keep_mlp_activations']
