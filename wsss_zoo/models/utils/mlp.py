@@ -4,7 +4,8 @@ In a ViT block ``fc2(gelu(fc1(x)))`` autograd keeps two (B, N, 4D) tensors
 per layer: the GELU input (for the GELU gradient) and the GELU output (for
 ``fc2``'s weight gradient). :class:`LeanMlp` keeps only the GELU input and
 recomputes the GELU output in backward: one element-wise GELU more per
-layer, 4D of the ~16-28 saved (B, N, D) units of a layer less (fp32 / AMP).
+layer, and 4 fewer (B, N, D)-sized tensors of the ~16-28 a ViT layer keeps
+(float32 / AMP).
 Values and gradients are those of timm's ``Mlp`` up to float rounding;
 parameter names (``fc1``, ``fc2``) are the same, so checkpoints map 1:1.
 """
