@@ -9,8 +9,7 @@ Original code: github.com/QishuaiWen/DEPICT (commit 6c66e2b),
 upsample-and-crop wrapper). Written fresh for wsss_zoo; parity-tested against
 fixtures produced by the official code (``tests/test_depict_parity.py``).
 """
-import math
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -22,7 +21,8 @@ from torch import Tensor
 
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
-from mmseg.utils import SampleList
+
+from .segmenter_upsample import SegmenterUpsampleMixin
 
 _MODES = ('sa', 'ca')
 
@@ -117,7 +117,7 @@ class SubspaceAttentionLayer(nn.Module):
 
 
 @MODELS.register_module()
-class DEPICTHead(BaseDecodeHead):
+class DEPICTHead(SegmenterUpsampleMixin, BaseDecodeHead):
     """DEPICT mask-transformer decode head (DEPICT-SA / DEPICT-CA).
 
     ``forward`` (patch features (B, D, h, w) -> masks (B, C, h, w)):
@@ -133,12 +133,12 @@ class DEPICTHead(BaseDecodeHead):
 
     Upsampling differs from mmseg's ``BaseDecodeHead`` on purpose: like the
     official Segmenter wrapper, ``predict_by_feat`` and ``loss_by_feat``
-    upsample the patch-level masks bilinearly to the *padded* size
-    ``(h * patch_size, w * patch_size)`` (the size mmseg's ViT reaches by
-    zero-padding bottom/right) and then crop the bottom/right to the target
-    size (``img_shape``/``pad_shape`` for prediction, the label size for the
-    loss). Resizing straight to an input size that is not a multiple of the
-    patch size is not equivalent.
+    (:class:`SegmenterUpsampleMixin`) upsample the patch-level masks
+    bilinearly to the *padded* size ``(h * patch_size, w * patch_size)``
+    (the size mmseg's ViT reaches by zero-padding bottom/right) and then
+    crop the bottom/right to the target size (``img_shape``/``pad_shape``
+    for prediction, the label size for the loss). Resizing straight to an
+    input size that is not a multiple of the patch size is not equivalent.
 
     No encoder-to-decoder projection exists, so ``in_channels`` must equal
     ``embed_dims``. Use with mmseg's ``VisionTransformer`` (``out_indices``
@@ -325,71 +325,3 @@ class DEPICTHead(BaseDecodeHead):
                 layer.capture = False
                 layer.attn_map = None
         return results
-
-    def _upsample_and_crop(self, seg_logits: Tensor, size) -> Tensor:
-        """Official Segmenter upsampling: to the padded size, then crop.
-
-        Args:
-            seg_logits (Tensor): patch-level masks, (B, C, h, w).
-            size (tuple[int]): target (H, W), with ceil(H / patch_size) = h
-                and ceil(W / patch_size) = w.
-
-        Returns:
-            Tensor: (B, C, H, W).
-        """
-        h, w = seg_logits.shape[-2:]
-        H, W = int(size[0]), int(size[1])
-        P = self.patch_size
-        if (math.ceil(H / P), math.ceil(W / P)) != (h, w):
-            raise ValueError(
-                f'DEPICTHead: target size {(H, W)} does not fit the {h}x{w} '
-                f'mask grid with patch_size={P} (expected a grid of '
-                f'{(math.ceil(H / P), math.ceil(W / P))}). Set '
-                "decode_head.patch_size to the backbone's patch size.")
-        seg_logits = F.interpolate(
-            seg_logits,
-            size=(h * P, w * P),
-            mode='bilinear',
-            align_corners=self.align_corners)
-        return seg_logits[..., :H, :W]
-
-    def predict_by_feat(self, seg_logits: Tensor,
-                        batch_img_metas: List[dict]) -> Tensor:
-        """Upsample to the padded size and crop to the input size.
-
-        The target is chosen as in ``BaseDecodeHead``: ``img_shape`` for
-        slide inference (a ``torch.Size``), else ``pad_shape``, else
-        ``img_shape``.
-
-        Args:
-            seg_logits (Tensor): (B, C, h, w) from :meth:`forward`.
-            batch_img_metas (list[dict]): image meta information.
-
-        Returns:
-            Tensor: (B, C, H, W) logits at the target size.
-        """
-        meta = batch_img_metas[0]
-        if isinstance(meta['img_shape'], torch.Size):
-            size = meta['img_shape']
-        elif 'pad_shape' in meta:
-            size = meta['pad_shape'][:2]
-        else:
-            size = meta['img_shape']
-        return self._upsample_and_crop(seg_logits, size[:2])
-
-    def loss_by_feat(self, seg_logits: Tensor,
-                     batch_data_samples: SampleList) -> dict:
-        """Upsample to the padded size, crop to the label size, then the
-        ``BaseDecodeHead`` losses (its own resize is then the identity).
-
-        Args:
-            seg_logits (Tensor): (B, C, h, w) from :meth:`forward`.
-            batch_data_samples (list[:obj:`SegDataSample`]): with
-                ``gt_sem_seg`` (1, H, W).
-
-        Returns:
-            dict[str, Tensor]: ``loss_*`` terms and ``acc_seg``.
-        """
-        label_size = batch_data_samples[0].gt_sem_seg.shape
-        seg_logits = self._upsample_and_crop(seg_logits, label_size)
-        return super().loss_by_feat(seg_logits, batch_data_samples)

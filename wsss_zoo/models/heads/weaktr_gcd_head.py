@@ -11,7 +11,6 @@ crop). Written fresh for wsss_zoo on mmseg's ``SegmenterMaskTransformerHead``
 (same layers, parameters and names); parity-tested against fixtures produced
 by the official code (``tests/test_weaktr_gcd_parity.py``).
 """
-import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -26,10 +25,11 @@ from mmseg.registry import MODELS
 from mmseg.utils import ConfigType, SampleList
 
 from ..utils.attention import SegmenterSelfAttention
+from .segmenter_upsample import SegmenterUpsampleMixin
 
 
 @MODELS.register_module()
-class WeakTrGCDHead(SegmenterMaskTransformerHead):
+class WeakTrGCDHead(SegmenterUpsampleMixin, SegmenterMaskTransformerHead):
     """Segmenter mask-transformer decoder of WeakTr's online retraining.
 
     ``forward`` (patch features (B, C_in, h, w) -> masks (B, K, h, w)), as the
@@ -252,66 +252,22 @@ class WeakTrGCDHead(SegmenterMaskTransformerHead):
         masks2 = self._masks(self.layers[-1](z), h, w)
         return masks1, masks2
 
-    def upsample_and_crop(self, masks: Tensor, size) -> Tensor:
-        """Segmenter's upsampling: bilinear to the padded size, then crop.
-
-        Args:
-            masks (Tensor): patch-level masks, (B, K, h, w).
-            size (tuple[int]): target (H, W), with ceil(H / patch_size) = h
-                and ceil(W / patch_size) = w.
-
-        Returns:
-            Tensor: (B, K, H, W).
-        """
-        h, w = masks.shape[-2:]
-        H, W = int(size[0]), int(size[1])
-        P = self.patch_size
-        if (math.ceil(H / P), math.ceil(W / P)) != (h, w):
-            raise ValueError(
-                f'WeakTrGCDHead: target size {(H, W)} does not fit the '
-                f'{h}x{w} mask grid with patch_size={P}. Set '
-                "decode_head.patch_size to the backbone's patch size.")
-        masks = F.interpolate(
-            masks,
-            size=(h * P, w * P),
-            mode='bilinear',
-            align_corners=self.align_corners)
-        return masks[..., :H, :W]
-
-    @staticmethod
-    def _target_size(batch_img_metas: List[dict]):
-        """As ``BaseDecodeHead.predict_by_feat``: img_shape for slide
-        windows (a ``torch.Size``), else pad_shape, else img_shape."""
-        meta = batch_img_metas[0]
-        if isinstance(meta['img_shape'], torch.Size):
-            return meta['img_shape'][:2]
-        if 'pad_shape' in meta:
-            return meta['pad_shape'][:2]
-        return meta['img_shape'][:2]
-
     def predict(self, inputs: Tuple[Tensor], batch_img_metas: List[dict],
                 test_cfg: ConfigType) -> Tensor:
         """Logits (or, with ``test_mix_weight``, mixed probabilities) at the
         input size, (B, K, H, W)."""
         if self.test_mix_weight is None:
             return super().predict(inputs, batch_img_metas, test_cfg)
-        size = self._target_size(batch_img_metas)
+        size = self.target_size(batch_img_metas)
         masks1, masks2 = self.forward_multi(inputs)
         probs1 = self.upsample_and_crop(masks1, size).softmax(dim=1)
         probs2 = self.upsample_and_crop(masks2, size).softmax(dim=1)
         return self.test_mix_weight * probs1 + probs2
 
-    def predict_by_feat(self, seg_logits: Tensor,
-                        batch_img_metas: List[dict]) -> Tensor:
-        """Upsample (B, K, h, w) masks to the padded size and crop to the
-        target size of ``BaseDecodeHead``; returns (B, K, H, W)."""
-        return self.upsample_and_crop(seg_logits,
-                                      self._target_size(batch_img_metas))
-
     def loss_by_feat(self, seg_logits: Tensor,
                      batch_data_samples: SampleList) -> dict:
         """Upsample to the padded size, crop to the label size, then the
-        ``BaseDecodeHead`` losses (its own resize is then the identity), plus
+        ``BaseDecodeHead`` losses (:class:`SegmenterUpsampleMixin`), plus
         the clipping statistics of every loss that keeps ``last_stats``.
 
         Args:
@@ -324,8 +280,6 @@ class WeakTrGCDHead(SegmenterMaskTransformerHead):
             :class:`GradientClippingLoss`, ``gc_mean_ce``, ``gc_active``,
             ``gc_clipped_frac`` (logged, not back-propagated).
         """
-        label_size = batch_data_samples[0].gt_sem_seg.shape
-        seg_logits = self.upsample_and_crop(seg_logits, label_size)
         losses = super().loss_by_feat(seg_logits, batch_data_samples)
         loss_modules = self.loss_decode if isinstance(
             self.loss_decode, nn.ModuleList) else [self.loss_decode]
