@@ -243,6 +243,35 @@ def test_upsample_to_padded_size_then_crop():
         head.predict_by_feat(logits, [dict(img_shape=(28, 36))])
 
 
+def test_loss_is_mmseg_loss_of_the_cropped_logits_with_one_resize(
+        monkeypatch):
+    """loss_by_feat = mmseg BaseDecodeHead's loss and accuracy on the
+    upsampled-and-cropped logits, with a single interpolation (no second,
+    identity resize of the full-resolution logits)."""
+    from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+    head = build_head(ignore_index=255).train()
+    logits = torch.randn(2, N_CLS, 4, 5, requires_grad=True)
+    labels = torch.randint(N_CLS, (2, 1, 56, 72))
+    labels[:, :, :8] = 255
+    samples = []
+    for lab in labels:
+        sample = SegDataSample()
+        sample.gt_sem_seg = PixelData(data=lab)
+        samples.append(sample)
+    calls = []
+    interpolate = F.interpolate
+    monkeypatch.setattr(F, 'interpolate',
+                        lambda *a, **k: calls.append(1) or interpolate(*a, **k))
+    ours = head.loss_by_feat(logits, samples)
+    assert len(calls) == 1
+    monkeypatch.setattr(F, 'interpolate', interpolate)
+    cropped = head.upsample_and_crop(logits, (56, 72))
+    ref = BaseDecodeHead.loss_by_feat(head, cropped, samples)
+    assert ours.keys() == ref.keys() and 'loss_ce' in ours
+    for key in ours:
+        torch.testing.assert_close(ours[key], ref[key], rtol=0, atol=0)
+
+
 def test_a_few_training_steps_reduce_the_loss():
     torch.manual_seed(0)
     head = build_head(mode='ca')
