@@ -249,3 +249,23 @@ def test_writer_counts_and_removes_stale_temporaries(tmp_path):
     assert (tmp_path / 'b.png').read_bytes() == b'kept'
     assert np.array(Image.open(tmp_path / 'a.png')).tolist() == [[1] * 5] * 4
     assert not list(tmp_path.glob('.tmp_*'))
+
+
+@pytest.mark.parametrize('palette', [None, [[0, 0, 0], [128, 0, 0]]])
+def test_writer_keeps_every_class_index_with_or_without_palette(
+        tmp_path, palette):
+    """Masks are written as index PNGs whatever the dataset's palette (a
+    palette-less 'P' image used to come back as 0/1 under Pillow 13)."""
+    from mmengine.structures import PixelData
+
+    from mmseg.structures import SegDataSample
+    from wsss_zoo.evaluation.pseudo_label_writer import PseudoLabelWriter
+    writer = PseudoLabelWriter(str(tmp_path))
+    writer.dataset_meta = None if palette is None else dict(palette=palette)
+    mask = torch.tensor([[0, 3, 20, 255], [1, 2, 7, 12]])
+    s = SegDataSample(metainfo=dict(img_path='/x/img.jpg'))
+    s.pred_sem_seg = PixelData(data=mask[None])
+    writer.process({}, [s.to_dict()])
+    with Image.open(tmp_path / 'img.png') as png:
+        assert png.mode == ('L' if palette is None else 'P')
+        assert np.array(png).tolist() == mask.tolist()

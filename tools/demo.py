@@ -2,7 +2,7 @@
 
     python tools/demo.py [--stage1 mctformer_v2] [--work-dir work_dirs/demo]
                          [--data-root data/synthshapes] [--fast]
-                         [--stage2-init {scratch,stage1}]
+                         [--stage2-init {scratch,stage1}] [--crf {voc,coco}]
     python tools/demo.py --depict-only      # DEPICT on the real masks
 
 Steps (each one is an ordinary tool call, printed before it runs):
@@ -12,7 +12,8 @@ Steps (each one is an ordinary tool call, printed before it runs):
 3. ``tools/test.py``: CAM mIoU on val (background-threshold sweep, best t);
 4. ``tools/make_pseudo_labels.py --eval``: pseudo masks of the train split
    (the config's TTA views: multi-scale + flip, or scale 1 + flip for
-   ``tscam_1obj``) and their mIoU against the real train masks;
+   ``tscam_1obj``; ``--crf``: then a dense CRF on each image) and their
+   mIoU against the real train masks;
 5. stage 2, ``tools/train.py``: DEPICT trained on the pseudo masks;
 6. ``tools/test.py``: stage-2 mIoU on val against the real masks;
 7. ``tools/visualize_cams.py``: CAM overlays of a few val images.
@@ -65,6 +66,11 @@ def parse_args(argv=None):
         help="stage-2 encoder: from scratch (default) or the stage-1 "
         'encoder (tools/model_converters/stage1_to_vit.py; a stand-in for '
         'the ImageNet weights the papers use; ViT stage-1 models only)')
+    parser.add_argument(
+        '--crf', choices=['voc', 'coco'], default=None,
+        help='refine the pseudo labels with a dense CRF (WeakTr\'s label '
+        'CRF; tools/make_pseudo_labels.py --crf; needs pydensecrf2, which '
+        '`make install` builds)')
     args = parser.parse_args(argv)
     if args.stage2_init == 'stage1' and args.stage1 == 'transcam':
         parser.error("--stage2-init stage1 needs a ViT stage-1 encoder; "
@@ -139,9 +145,10 @@ def main(argv=None):
             osp.join(work, 'stage1_test.log'))
         cam = last_metrics(osp.join(s1, 'test'))
         pseudo_dir = osp.join(work, 'pseudo_labels')
+        crf = ['--crf', args.crf] if args.crf else []
         run(['tools/make_pseudo_labels.py', cfg1, ckpt1, '--out-dir',
-             pseudo_dir, '--eval', '--work-dir', osp.join(s1, 'pseudo'),
-             '--cfg-options'] + [
+             pseudo_dir, '--eval', '--work-dir', osp.join(s1, 'pseudo')] +
+            crf + ['--cfg-options'] + [
                  f'pseudo_label_dataloader.dataset.data_root={data_root}'
              ], osp.join(work, 'pseudo_labels.log'))
         pseudo = last_metrics(osp.join(s1, 'pseudo'))
@@ -171,8 +178,9 @@ def main(argv=None):
         results[f'CAM mIoU (val, best bg threshold {cam.get("best_thr")})'] \
             = cam['mIoU']
         results['uniform-CAM reference mIoU (val)'] = cam.get('uniform_mIoU')
-        results['pseudo-label mIoU (train, TTA views of the config)'] = \
-            pseudo['mIoU']
+        crf_note = f', dense CRF {args.crf}' if args.crf else ''
+        results[f'pseudo-label mIoU (train, TTA views of the config'
+                f'{crf_note})'] = pseudo['mIoU']
         results[f'stage-2 DEPICT mIoU (val, real masks; encoder from '
                 f'{args.stage2_init})'] = seg['mIoU']
         results['CAM overlays'] = vis_dir

@@ -1,7 +1,7 @@
 """Generate pseudo masks (and raw CAMs) with a trained stage-1 model.
 
     python tools/make_pseudo_labels.py CONFIG CHECKPOINT --out-dir DIR
-        [--save-cams] [--no-tta] [--bg-thresh T] [--overwrite]
+        [--save-cams] [--no-tta] [--bg-thresh T] [--crf voc|coco] [--overwrite]
         [--batch-size N] [--eval] [--cfg-options k=v ...]
         [--launcher none|pytorch|slurm]
 
@@ -60,6 +60,10 @@ def parse_args(argv=None):
                         help='single scale, no flip')
     parser.add_argument('--bg-thresh', type=float, default=None,
                         help='background threshold (default: config)')
+    parser.add_argument('--crf', choices=['voc', 'coco'], default=None,
+                        help='refine each mask with a dense CRF on its '
+                        "image (WeakTr's label CRF, VOC or COCO settings; "
+                        'needs pip install -e ".[crf]")')
     parser.add_argument('--overwrite', action='store_true',
                         help='redo images whose outputs already exist')
     parser.add_argument('--skip-existing', action='store_true',
@@ -108,7 +112,7 @@ def build_cfg(args):
         save_cams=args.save_cams, overwrite=args.overwrite)
     cfg.test_evaluator = dict(
         type='PseudoLabelWriter', out_dir=args.out_dir,
-        save_cams=args.save_cams, overwrite=args.overwrite)
+        save_cams=args.save_cams, overwrite=args.overwrite, crf=args.crf)
     cfg.default_hooks.pop('visualization', None)
     check_data_roots(cfg, ('test_dataloader', ))
     prepare_launcher(cfg, args.launcher)

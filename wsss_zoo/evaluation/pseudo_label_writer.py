@@ -14,7 +14,7 @@ Three pieces make generation shardable and resumable
 import glob
 import os
 import os.path as osp
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from torch.utils.data import Sampler
 
 from mmseg.registry import DATA_SAMPLERS, METRICS
 from wsss_zoo.compat import atomic_write  # noqa: F401  (re-exported)
+from .dense_crf import _import_densecrf, crf_refine_mask, crf_settings
 
 
 def image_id(img_path: str) -> str:
@@ -177,6 +178,13 @@ class PseudoLabelWriter(BaseMetric):
         overwrite (bool): rewrite existing files. Default: True.
         background_index (int | None): as in the segmentor; channel 0 of
             ``seg_logits`` is the background threshold when 0. Default: 0.
+        crf (str | dict, optional): refine each mask with a dense CRF on
+            its image before writing (WeakTr's label CRF, see
+            :mod:`wsss_zoo.evaluation.dense_crf`): a preset ('voc', 'coco')
+            or settings. The CRF's labels are the background and the
+            image's classes (``gt_img_label`` when the sample has it, else
+            the classes in the mask). Needs ``pydensecrf2``
+            (``pip install -e ".[crf]"``). Default: None (no CRF).
 
     Masks of ``reduce_zero_label`` datasets get +1 (ADE-style files).
     """
@@ -188,6 +196,7 @@ class PseudoLabelWriter(BaseMetric):
                  save_cams: bool = False,
                  overwrite: bool = True,
                  background_index: Optional[int] = 0,
+                 crf: Optional[Union[str, dict]] = None,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None,
                  **kwargs):
@@ -196,10 +205,21 @@ class PseudoLabelWriter(BaseMetric):
         self.save_cams = save_cams
         self.overwrite = overwrite
         self.background_index = background_index
+        self.crf = None
+        if crf:
+            if background_index != 0:
+                raise ValueError(
+                    'PseudoLabelWriter: crf needs masks with a background '
+                    f'class 0 (background_index=0), got {background_index}')
+            self.crf = crf_settings(crf)  # checks the settings
+            _import_densecrf()  # fail now, not after the first batch
         os.makedirs(out_dir, exist_ok=True)
 
     def _write_mask(self, path: str, mask: np.ndarray) -> None:
-        image = Image.fromarray(mask.astype(np.uint8), mode='P')
+        # an 'L' image of the class indices; with a palette it becomes a
+        # 'P' image of the same indices. (Pillow 13 saves a palette-less
+        # 'P' image as 1-bit: every class > 0 became 1.)
+        image = Image.fromarray(mask.astype(np.uint8))
         palette = _palette_array((self.dataset_meta or {}).get('palette'))
         if palette is not None:
             image.putpalette(palette)
@@ -214,11 +234,32 @@ class PseudoLabelWriter(BaseMetric):
                                            sample)
             if self.overwrite or not osp.exists(mask_path):
                 mask = sample['pred_sem_seg']['data'][0].cpu().numpy()
+                if self.crf is not None:
+                    mask = self._refine(mask, sample)
                 if sample.get('reduce_zero_label', False):
                     mask = mask + 1
                 self._write_mask(mask_path, mask)
                 written = 1
             self.results.append(written)
+
+    def _refine(self, mask: np.ndarray, sample: dict) -> np.ndarray:
+        """Dense CRF of one (H, W) mask on its image (read from
+        ``img_path``, RGB, the mask's size)."""
+        with Image.open(sample['img_path']) as img:
+            image = np.asarray(img.convert('RGB'))
+        if image.shape[:2] != mask.shape:
+            raise ValueError(
+                f'CRF: image {sample["img_path"]} is {image.shape[:2]} but '
+                f'its mask {mask.shape}; masks are written at the original '
+                'image size')
+        classes = None
+        if 'gt_img_label' in sample:
+            label = sample['gt_img_label']
+            label = label.cpu().numpy() if hasattr(label, 'cpu') else \
+                np.asarray(label)
+            classes = (np.flatnonzero(label > 0) + 1).tolist()
+        return crf_refine_mask(image, mask, classes, background=0,
+                               crf=self.crf)
 
     def _write_cams(self, name: str, sample: dict) -> int:
         path = osp.join(self.out_dir, 'cams', name + '.npz')
