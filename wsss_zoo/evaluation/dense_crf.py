@@ -18,23 +18,17 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+_VOC = dict(
+    iters=10,
+    gt_prob=0.7,
+    gaussian_sxy=4,
+    gaussian_compat=3,
+    bilateral_sxy=83,
+    bilateral_srgb=5,
+    bilateral_compat=3)
 CRF_PRESETS = dict(
-    voc=dict(
-        iters=10,
-        gt_prob=0.7,
-        gaussian_sxy=4,
-        gaussian_compat=3,
-        bilateral_sxy=83,
-        bilateral_srgb=5,
-        bilateral_compat=3),
-    coco=dict(
-        iters=10,
-        gt_prob=0.7,
-        gaussian_sxy=3,
-        gaussian_compat=3,
-        bilateral_sxy=50,
-        bilateral_srgb=5,
-        bilateral_compat=10),
+    voc=_VOC,
+    coco=dict(_VOC, gaussian_sxy=3, bilateral_sxy=50, bilateral_compat=10),
 )
 
 
