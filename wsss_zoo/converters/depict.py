@@ -5,7 +5,8 @@ Segmenter's ``segm/train.py``, which saves ``{'model': state_dict,
 'optimizer': ..., 'n_cls': ..., 'lr_scheduler': ..., 'epoch': ...}``.
 ``model`` holds ``encoder.*`` (Segmenter's ViT) and ``decoder.*`` (DEPICT's
 ``MaskTransformer``). The target is mmseg's
-``EncoderDecoder(backbone=VisionTransformer, decode_head=DEPICTHead)``:
+``EncoderDecoder(backbone=SegmenterVisionTransformer, decode_head=DEPICTHead)``
+(mmseg ``VisionTransformer`` keys):
 
 =====================================  =====================================
 original (``encoder.``/``decoder.``)   mmseg (``backbone.``/``decode_head.``)

@@ -5,7 +5,8 @@ segm/train.py`` saves ``{'model': state_dict, 'optimizer': ..., 'n_cls': ...,
 'lr_scheduler': ..., 'epoch': ...[, 'miou']}``; ``model`` is a Segmenter:
 ``encoder.*`` (Segmenter's ViT, DeiT-S for the paper) and ``decoder.*``
 (``MaskTransformer``). The target is mmseg's
-``EncoderDecoder(backbone=VisionTransformer, decode_head=WeakTrGCDHead)``.
+``EncoderDecoder(backbone=SegmenterVisionTransformer,
+decode_head=WeakTrGCDHead)`` (mmseg ``VisionTransformer`` keys).
 
 The encoder keys are mapped by the DEPICT converter (same Segmenter encoder,
 see :mod:`wsss_zoo.converters.depict`); the decoder:

@@ -141,8 +141,9 @@ class DEPICTHead(SegmenterUpsampleMixin, BaseDecodeHead):
     input size that is not a multiple of the patch size is not equivalent.
 
     No encoder-to-decoder projection exists, so ``in_channels`` must equal
-    ``embed_dims``. Use with mmseg's ``VisionTransformer`` (``out_indices``
-    = last layer, ``final_norm=True``); see ``configs/depict/``.
+    ``embed_dims``. Use with ``SegmenterVisionTransformer`` (mmseg's ViT
+    with Segmenter's attention; ``out_indices`` = last layer,
+    ``final_norm=True``); see ``configs/depict/``.
 
     Args:
         in_channels (int): channels of the input feature map (= D).
