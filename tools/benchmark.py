@@ -119,7 +119,8 @@ def parse_args(argv=None):
     if args.warmup == 0:
         # the fast path runs first: its first timed step would carry the
         # one-time costs (optimiser state, kernel selection); measured on
-        # CPU, batch 1: fast/baseline 0.63-0.76x with no warm-up, 1.08x with
+        # CPU, tiny configs: train fast/baseline 0.63-0.76x (batch 1, no
+        # warm-up) vs 1.08-1.09x (batch 8, 2 warm-up steps)
         print('warning: --warmup 0 times one-time costs (optimiser state, '
               'first kernel calls) in the path that runs first; the ratios '
               'are not meaningful, use --warmup 1 or more')
