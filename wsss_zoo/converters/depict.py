@@ -351,6 +351,32 @@ def convert_depict(checkpoint: dict,
         layout='segmentor', backbone=backbone_info, decode_head=head_info)
 
 
+def encoder_config_hint(bb: dict) -> dict:
+    """Backbone config of a converted Segmenter encoder (DEPICT, WeakTr
+    stage 2): ``SegmenterVisionTransformer`` with Segmenter's settings.
+
+    Args:
+        bb (dict): ``info['backbone']`` of a conversion (``img_size``,
+            ``patch_size``, ``embed_dims``, ``num_layers``, ``num_heads``,
+            ``mlp_ratio``).
+    """
+    return dict(
+        type='SegmenterVisionTransformer',
+        img_size=bb['img_size'],
+        patch_size=bb['patch_size'],
+        embed_dims=bb['embed_dims'],
+        num_layers=bb['num_layers'],
+        num_heads=bb['num_heads'],
+        mlp_ratio=bb['mlp_ratio'],
+        out_indices=(bb['num_layers'] - 1, ),
+        qkv_bias=True,
+        patch_bias=True,
+        with_cls_token=True,
+        final_norm=True,
+        norm_cfg=dict(type='LN', eps=1e-5, requires_grad=True),
+        interpolate_mode='bilinear')
+
+
 def config_hints(info: dict) -> Dict[str, dict]:
     """The mmseg config values a converted checkpoint needs.
 
@@ -378,21 +404,7 @@ def config_hints(info: dict) -> Dict[str, dict]:
     if 'backbone' in info:
         bb = info['backbone']
         hints['decode_head']['patch_size'] = bb['patch_size']
-        hints['backbone'] = dict(
-            type='SegmenterVisionTransformer',
-            img_size=bb['img_size'],
-            patch_size=bb['patch_size'],
-            embed_dims=bb['embed_dims'],
-            num_layers=bb['num_layers'],
-            num_heads=bb['num_heads'],
-            mlp_ratio=bb['mlp_ratio'],
-            out_indices=(bb['num_layers'] - 1, ),
-            qkv_bias=True,
-            patch_bias=True,
-            with_cls_token=True,
-            final_norm=True,
-            norm_cfg=dict(type='LN', eps=1e-5, requires_grad=True),
-            interpolate_mode='bilinear')
+        hints['backbone'] = encoder_config_hint(bb)
     return hints
 
 

@@ -36,7 +36,7 @@ from typing import Dict, Tuple
 import torch
 import torch.nn as nn
 
-from .depict import _convert_encoder, _layer_count
+from .depict import _convert_encoder, _layer_count, encoder_config_hint
 from .depict import load_state_dict_strict  # noqa: F401 (re-exported)
 
 _BLOCK_PARTS = ('norm1', 'norm2', 'attn.qkv', 'attn.proj', 'mlp.fc1',
@@ -273,21 +273,7 @@ def config_hints(info: dict) -> Dict[str, dict]:
         bb = info['backbone']
         if 'decode_head' in hints:
             hints['decode_head']['patch_size'] = bb['patch_size']
-        hints['backbone'] = dict(
-            type='SegmenterVisionTransformer',
-            img_size=bb['img_size'],
-            patch_size=bb['patch_size'],
-            embed_dims=bb['embed_dims'],
-            num_layers=bb['num_layers'],
-            num_heads=bb['num_heads'],
-            mlp_ratio=bb['mlp_ratio'],
-            out_indices=(bb['num_layers'] - 1, ),
-            qkv_bias=True,
-            patch_bias=True,
-            with_cls_token=True,
-            final_norm=True,
-            norm_cfg=dict(type='LN', eps=1e-5, requires_grad=True),
-            interpolate_mode='bilinear')
+        hints['backbone'] = encoder_config_hint(bb)
     return hints
 
 
