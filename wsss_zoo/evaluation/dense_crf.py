@@ -106,13 +106,13 @@ def crf_refine_mask(image: np.ndarray,
                          f'{mask.shape} differ in size')
     present = [int(v) for v in np.unique(mask) if v != background]
     fg = sorted(set(present) | set(int(c) for c in (classes or [])))
+    if not fg:  # only background: nothing to refine
+        return mask.copy()
     keys = np.array([background] + fg, dtype=np.int64)  # compact -> dataset
     table = np.zeros(int(keys.max()) + 1, dtype=np.int64)
     table[keys] = np.arange(len(keys))
     compact = table[mask.astype(np.int64)]  # dataset -> compact
     n = len(keys)
-    if n < 2:  # only background: nothing to refine
-        return mask.copy()
     h, w = mask.shape
     d = dcrf.DenseCRF2D(w, h, n)
     d.setUnaryEnergy(
